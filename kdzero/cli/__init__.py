@@ -1,0 +1,71 @@
+"""The ``kdzero`` command: a thin shell over the library.
+
+Each sub-command lives in its own module (``kdzero/cli/<name>.py``) exposing ``register(subparsers)``, which adds
+its parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code. This module only
+collects them, runs the chosen one, and turns user errors into one line on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kdzero.errors import KdzeroError
+
+# Sub-command modules, in the order ``kdzero --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "ops",
+    "genome",
+    "evaluate",
+    "search",
+    "worker",
+    "leaderboard",
+    "replay",
+    "export",
+    "train_teacher",
+    "student_search",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every sub-command that is installed."""
+    parser = argparse.ArgumentParser(
+        prog="kdzero",
+        description=(
+            "Search the best knowledge-distillation loss for a teacher-student pair (KD-Zero), "
+            "replay it, and inspect the population."
+        ),
+        epilog="Run 'kdzero COMMAND --help' for the options of one command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"kdzero.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"kdzero.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KdzeroError as exc:
+        print(f"kdzero {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kdzero {args.command}: interrupted; finished work is saved, re-run the command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

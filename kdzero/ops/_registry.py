@@ -1,0 +1,128 @@
+"""Registries of the ops a genome is built from: each entry knows its formula and where it applies.
+
+An op carries metadata that lets validation reason about a genome without running it: the tensor ranks it
+accepts, the shape it returns, whether it is a no-op on some ranks, whether applying it twice equals applying it
+once. The canonical genome key and the static validation both read this metadata, so adding an op is one
+decorated function.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from kdzero.errors import GenomeError, suggest
+
+Shape = tuple[int, ...]
+
+
+class OpContext:
+    """Per-call state shared by the student and teacher branches of one loss evaluation.
+
+    Randomised transforms (``mask``, ``drop``) ask the context for their random tensor; the first branch draws
+    it, the second gets the same one, so both sides are masked identically. ``slot`` is set by the caller
+    before each transform slot so that two random ops in one genome draw independent masks.
+    """
+
+    def __init__(self, training: bool = True, generator: torch.Generator | None = None) -> None:
+        self.training = training
+        self.generator = generator
+        self.slot = 0
+        self._draws: dict[tuple, torch.Tensor] = {}
+
+    def bernoulli(self, shape: Shape, keep_prob: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """A 0/1 tensor of ``shape`` with P(1) = keep_prob, drawn once per (slot, shape) and then reused."""
+        key = (self.slot, tuple(shape))
+        if key not in self._draws:
+            draw_device = self.generator.device if self.generator is not None else device
+            uniform = torch.rand(shape, generator=self.generator, device=draw_device)
+            self._draws[key] = (uniform < keep_prob).to(device=device)
+        return self._draws[key].to(dtype)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One registered op.
+
+    ranks:          input ranks (2 = (N, K), 3 = (N, C, L), 4 = (N, C, H, W)) the op is defined for.
+    out_shape:      the output shape for an input shape (batch axis included); None means "same shape".
+    identity_ranks: ranks on which the op returns its input unchanged (the canonical key drops it there).
+    idempotent:     op(op(x)) == op(x), so consecutive repeats collapse in the canonical key.
+    random:         draws randomness per call (shared between branches, off in eval mode).
+    min_compare_len: distances only: the compared axis must have at least this many entries to mean anything.
+    """
+
+    name: str
+    kind: str
+    fn: Callable
+    formula: str
+    ranks: frozenset[int] = frozenset({2, 3, 4})
+    out_shape: Callable[[Shape], Shape] | None = None
+    identity_ranks: frozenset[int] = frozenset()
+    idempotent: bool = False
+    random: bool = False
+    min_compare_len: int = 1
+    doc: str = field(default="", compare=False)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """Shape after this op for an input of ``shape``; raises GenomeError where the op is undefined."""
+        if len(shape) not in self.ranks:
+            raise GenomeError(
+                f"{self.kind} {self.name!r} is not defined for {len(shape)}-D input {tuple(shape)}; "
+                f"it takes {', '.join(f'{r}-D' for r in sorted(self.ranks))}"
+            )
+        return tuple(self.out_shape(tuple(shape))) if self.out_shape is not None else tuple(shape)
+
+
+class Registry:
+    """Name -> Op for one kind (transform, distance or weight), in registration order."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._ops: dict[str, Op] = {}
+
+    def register(self, name: str | None = None, **meta) -> Callable[[Callable], Callable]:
+        """Decorator: register ``fn`` under ``name`` (default: the function's name); its docstring's first
+        paragraph is the op's description and ``meta['formula']`` its formula."""
+
+        def decorate(fn: Callable) -> Callable:
+            op_name = name or fn.__name__
+            if op_name in self._ops:
+                raise ValueError(f"{self.kind} {op_name!r} registered twice")
+            doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+            self._ops[op_name] = Op(name=op_name, kind=self.kind, fn=fn, doc=doc, **meta)
+            return fn
+
+        return decorate
+
+    def __getitem__(self, name: str) -> Op:
+        try:
+            return self._ops[name]
+        except KeyError:
+            raise GenomeError(f"unknown {self.kind} {name!r}; {suggest(name, self._ops)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ops
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ops)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def names(self) -> tuple[str, ...]:
+        """All registered names, in registration order."""
+        return tuple(self._ops)
+
+    def values(self) -> tuple[Op, ...]:
+        """All registered ops, in registration order."""
+        return tuple(self._ops.values())
+
+
+TRANSFORMS = Registry("transform")
+DISTANCES = Registry("distance")
+WEIGHTS = Registry("weight")

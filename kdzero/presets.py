@@ -1,0 +1,32 @@
+"""Classical distillers that the genome language expresses exactly, by name.
+
+Each preset is a genome; ``UnifiedLoss(PRESETS["kd"])`` computes the paper's loss (times the genome's
+magnitude, the nearest value the search space offers to the paper's weight). ``kdzero.methods`` holds the
+classical distillers that need more than the language (learned regressors, memory banks, margins).
+"""
+from __future__ import annotations
+
+from kdzero.genome import Genome
+
+PRESETS: dict[str, Genome] = {
+    # Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural Network":
+    # T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean, T = 4.
+    "kd": Genome.parse("logit[no,no,no]|kl|no|T4|x1"),
+    # Zagoruyko & Komodakis 2017, "Paying More Attention to Attention": at(x) = normalize(mean_C x^2);
+    # mean over batch and positions of (at_s - at_t)^2. The paper's beta is 1000; x100 is the space's maximum.
+    "at": Genome.parse("feat[pow2,channel,norm_HW]|l2|no|T1|x100"),
+    # Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation": G = row-normalised F F^T over the batch;
+    # ||G_s - G_t||_F^2 / N^2. (The 1/D of our batch Gram cancels in the row normalisation.)
+    "sp": Genome.parse("feat[mm,norm_C,no]|l2|no|T1|x100"),
+    # Liu et al. 2021, "Exploring Inter-Channel Correlation for Diversity-preserved Knowledge Distillation":
+    # per-sample channel Gram F F^T (normalised by H*W here), squared difference averaged over C^2 and batch;
+    # a 1x1 conv connector maps student channels to the teacher's.
+    "ickd": Genome.parse("feat[bmm,no,no]|l2|no|T1|x1"),
+    # Shu et al. 2021, "Channel-wise Knowledge Distillation for Dense Prediction": per channel, softmax over
+    # positions at T = 4, KL(teacher || student), averaged over channels and batch, times T^2.
+    "cwd": Genome.parse("feat[no,no,no]|kl|no|T4|x1"),
+    # Romero et al. 2015, "FitNets": MSE between the connected student map and the teacher map.
+    "fitnet": Genome.parse("feat[no,no,no]|l2|no|T1|x100"),
+    # Pearson-correlation logit distillation in the spirit of DIST (Huang et al. 2022), intra-class part only.
+    "dist": Genome.parse("logit[softmax_C,no,no]|pearson|no|T4|x1"),
+}

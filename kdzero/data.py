@@ -16,6 +16,7 @@ import hashlib
 import os
 import pickle
 import tarfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -522,9 +523,11 @@ def _decode_imagefolder(scans: dict, size: tuple[int, int] | None) -> dict[str, 
     from torchvision.io import ImageReadMode, decode_image
 
     first = scans["train"][1][0][0]
-    gray = decode_image(torch.frombuffer(bytearray(first.read_bytes()), dtype=torch.uint8),
-                        mode=ImageReadMode.UNCHANGED).shape[0] in (1, 2)
-    decoded = {part: _decode_all(files, gray) for part, (_, files, _) in scans.items()}
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities", category=DeprecationWarning)
+        gray = decode_image(torch.frombuffer(bytearray(first.read_bytes()), dtype=torch.uint8),
+                            mode=ImageReadMode.UNCHANGED).shape[0] in (1, 2)
+        decoded = {part: _decode_all(files, gray) for part, (_, files, _) in scans.items()}
     if size is None:
         size = tuple(decoded["train"][0][0].shape[1:])
     tensors = {}

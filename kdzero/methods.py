@@ -1,0 +1,744 @@
+"""The classical, hand-designed distillers, built by name: the references every searched distiller is measured against.
+
+Every method is an ``nn.Module`` called as ``loss(student=Features, teacher=Features, target=labels)`` and returns a
+scalar tensor: ONLY its distillation term, already multiplied by its paper's default weight. The trainer adds the
+cross-entropy on the labels itself, so the total objective is always ``CE + term``. Papers that mix CE and the
+term with a convex ``alpha`` (Hinton's KD, Tf-KD) are given here in their alpha-free form; each docstring says how
+the paper combines the two. Teacher tensors are detached inside; gradient reaches only the student (and the
+method's own learned parts).
+
+    >>> from kdzero.methods import create_method, feature_shapes
+    >>> kd = create_method("kd")                                   # T=4, weight 1
+    >>> fitnet = create_method("fitnet", student_shapes=feature_shapes(s), teacher_shapes=feature_shapes(t))
+    >>> value = fitnet(student=s, teacher=t, target=y)             # fitnet.parameters(): the regressor
+
+Methods with learned parts (fitnet, ofd, ickd, crd; cwd and cc when the student's and teacher's sizes differ) build
+them eagerly from per-sample shapes ``{"feat": (C, H, W), "emb": (D,), "logit": (K,)}`` so that the optimiser
+sees them before the first step. Where feature maps of different spatial size meet, the larger one is average-
+pooled down to the smaller (RepDistiller's convention for AT), per axis.
+
+Defaults follow RepDistiller (Tian et al. 2020) and mdistiller (Zhao et al. 2022), the code behind the CIFAR-100
+tables every later paper copies.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzero.errors import ConfigError, suggest
+from kdzero.features import Features
+
+Shapes = Mapping[str, Sequence[int]]
+"""Per-sample shapes of one side's ``Features``: ``{"feat": (C, H, W), "emb": (D,), "logit": (K,)}``."""
+
+__all__ = [
+    "Distiller",
+    "Shapes",
+    "create_method",
+    "feature_shapes",
+    "list_methods",
+]
+
+
+def feature_shapes(features: Features) -> dict[str, tuple[int, ...]]:
+    """The per-sample shapes of ``features`` (batch axis dropped), in the form ``create_method`` expects."""
+    return {name: tuple(tensor.shape[1:]) for name, tensor in zip(Features._fields, features)}
+
+
+class Distiller(nn.Module):
+    """Base of every classical distiller: the shared call contract and the two hooks a trainer may need.
+
+    ``forward(student, teacher, target)`` returns the weighted distillation term (a scalar). A trainer passes
+    ``index=`` (the samples' dataset indices) only to methods with ``needs_index`` set, and calls ``set_epoch``
+    at the start of every epoch for all methods; only scheduled methods act on it.
+    """
+
+    name: ClassVar[str] = ""
+    needs_index: ClassVar[bool] = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the method that epoch ``epoch`` (counted from 1) starts; methods with a schedule override this."""
+
+
+_REGISTRY: dict[str, type[Distiller]] = {}
+_D = TypeVar("_D", bound=type[Distiller])
+
+
+def _register(name: str) -> Callable[[_D], _D]:
+    """Class decorator: make the distiller buildable as ``create_method(name)``."""
+
+    def add(cls: _D) -> _D:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def list_methods() -> list[str]:
+    """Names of all classical distillers, in the order of their papers' appearance in this module."""
+    return list(_REGISTRY)
+
+
+def create_method(
+    name: str,
+    student_shapes: Shapes | None = None,
+    teacher_shapes: Shapes | None = None,
+    **overrides: object,
+) -> Distiller:
+    """Build the classical distiller ``name`` with its paper's defaults, changed by ``overrides``.
+
+    ``student_shapes``/``teacher_shapes`` are per-sample shapes (see ``feature_shapes``); methods with learned
+    connectors need them. ``overrides`` are the method's keyword options (e.g. ``T=8``, ``weight=0.5``,
+    ``dataset_size=50000`` for crd). Unknown names and options raise ``ConfigError`` with the closest valid ones.
+    """
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown distillation method {name!r}; {suggest(name, _REGISTRY)}")
+    options = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    for key in overrides:
+        if key not in options:
+            raise ConfigError(f"method {name!r} has no option {key!r}; {suggest(key, options)}")
+    return cls(student_shapes, teacher_shapes, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _size(shapes: Shapes | None, key: str, side: str, method: str) -> int:
+    """The channel (feat) or width (emb, logit) of one side, or a ConfigError saying which shapes are missing."""
+    if shapes is None or key not in shapes or len(shapes[key]) == 0:
+        example = "(C, H, W)" if key == "feat" else "(D,)"
+        raise ConfigError(
+            f"method {method!r} builds a learned connector and needs {side}_shapes with {key!r}: {example} "
+            f"(per sample, e.g. feature_shapes(features)); got {shapes!r}"
+        )
+    return int(shapes[key][0])
+
+
+def _optional_sizes(
+    student_shapes: Shapes | None, teacher_shapes: Shapes | None, key: str
+) -> tuple[int, int] | None:
+    """Both sides' first dimension for ``key`` when both are known, else None (the method assumes they match)."""
+    if student_shapes is None or teacher_shapes is None or key not in student_shapes or key not in teacher_shapes:
+        return None
+    return int(student_shapes[key][0]), int(teacher_shapes[key][0])
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    """A 1x1 conv (no bias) + BatchNorm connector, initialised as OFD's ``build_feature_connector`` does."""
+    conv = nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / c_out))
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out))
+
+
+def _match_spatial(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool the larger of two (N, C, H, W) maps down to the smaller one's size, per spatial axis."""
+    size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
+    if tuple(s.shape[-2:]) != size:
+        s = F.adaptive_avg_pool2d(s, size)
+    if tuple(t.shape[-2:]) != size:
+        t = F.adaptive_avg_pool2d(t, size)
+    return s, t
+
+
+def _check_width(s: Tensor, t: Tensor, dim: int, method: str) -> None:
+    """A ConfigError when a connector-free method meets student/teacher tensors of different width on ``dim``."""
+    if s.shape[dim] != t.shape[dim]:
+        raise ConfigError(
+            f"method {method!r}: student has size {s.shape[dim]} and teacher {t.shape[dim]} on axis {dim}; "
+            "pass student_shapes and teacher_shapes to create_method so that a connector is built"
+        )
+
+
+def _positive(value: float, what: str, method: str) -> float:
+    """``value`` as a float, or a ConfigError if it is not positive (temperatures, sizes)."""
+    if not value > 0:
+        raise ConfigError(f"method {method!r}: {what} must be positive, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------- logits
+
+
+@_register("kd")
+class KD(Distiller):
+    """Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
+
+    term = weight * T^2 * KL(softmax(t/T) || softmax(s/T)), KL summed over classes and averaged over the batch,
+    with log_softmax on the student side and the teacher as the target distribution. T=4, weight=1.
+    The paper (and RepDistiller's ``-r 0.1 -a 0.9``) mixes ``(1-alpha) CE + alpha T^2 KL``; here the alpha-free
+    form ``CE + T^2 KL`` is used, the convention of mdistiller's KD and of every method in this module.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        T: float = 4.0, weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.T = _positive(T, "T", "kd")
+        self.weight = float(weight)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted, temperature-scaled KL of the student's softened logits from the teacher's."""
+        log_p_s = F.log_softmax(student.logit / self.T, dim=1)
+        p_t = F.softmax(teacher.logit.detach() / self.T, dim=1)
+        return self.weight * self.T**2 * F.kl_div(log_p_s, p_t, reduction="batchmean")
+
+
+@_register("dkd")
+class DKD(Distiller):
+    """Zhao et al. 2022, "Decoupled Knowledge Distillation" (mdistiller's ``dkd_loss``).
+
+    With b = (p_target, 1 - p_target) the binary split of softmax(z/T), and p^ the softmax over the non-target
+    classes only:
+      TCKD = T^2 * KL(b_t || b_s),  NCKD = T^2 * KL(p^_t || p^_s)   (both summed over classes, batch-averaged)
+      term = weight * min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD)
+    alpha=1, beta=8, T=4, warmup=20 epochs, weight=1 (mdistiller CIFAR-100; the paper adds CE with weight 1).
+    Epochs count from 1 (``set_epoch``), so the first epoch has factor 1/20. Before any ``set_epoch`` call the
+    method behaves as in epoch 1; ``warmup=0`` disables the warm-up. As in mdistiller, the non-target softmax
+    is taken with the target logit lowered by 1000.
+    """
+
+    warmup_factor: float
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20, weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.T = _positive(T, "T", "dkd")
+        if warmup < 0:
+            raise ConfigError(f"method 'dkd': warmup must be >= 0 epochs, got {warmup!r}")
+        self.warmup = int(warmup)
+        self.weight = float(weight)
+        self.set_epoch(1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the warm-up factor min(epoch / warmup, 1) for epoch ``epoch`` (counted from 1)."""
+        self.warmup_factor = 1.0 if self.warmup == 0 else min(epoch / self.warmup, 1.0)
+
+    @staticmethod
+    def _binary_log_probs(z: Tensor, gt: Tensor) -> Tensor:
+        """log (p_target, p_other) of softmax(z), computed in log space (no log of an underflowed 0)."""
+        log_all = torch.logsumexp(z, dim=1)
+        log_target = (z * gt).sum(dim=1) - log_all
+        log_other = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=1) - log_all
+        return torch.stack([log_target, log_other], dim=1)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted, warmed-up TCKD + beta * NCKD."""
+        z_s = student.logit / self.T
+        z_t = teacher.logit.detach() / self.T
+        gt = F.one_hot(target, z_s.shape[1]).bool()
+        n = z_s.shape[0]
+        log_b_s = self._binary_log_probs(z_s, gt)
+        b_t = self._binary_log_probs(z_t, gt).exp()
+        tckd = F.kl_div(log_b_s, b_t, reduction="sum") / n
+        log_q_s = F.log_softmax(z_s - 1000.0 * gt, dim=1)
+        q_t = F.softmax(z_t - 1000.0 * gt, dim=1)
+        nckd = F.kl_div(log_q_s, q_t, reduction="sum") / n
+        return self.weight * self.warmup_factor * self.T**2 * (self.alpha * tckd + self.beta * nckd)
+
+
+@_register("tfkd")
+class TfKD(Distiller):
+    """Yuan et al. 2020, "Revisiting Knowledge Distillation via Label Smoothing Regularization" (Tf-KD_reg).
+
+    A teacher-free, manually designed virtual teacher: p^d(k) = a for the labelled class, (1 - a)/(K - 1) for
+    the others; as in the authors' ``loss_kd_regularization`` it is softened as softmax(p^d / T) with T=20 while
+    the student stays at temperature 1:
+      term = weight * KL(softmax(p^d / T) || softmax(s)), summed over classes, batch-averaged.
+    a=0.99 (the value hard-coded in the authors' code for every dataset), T=20, weight (their ``multiplier``)=1.
+    The authors mix ``(1-alpha) CE + alpha * multiplier * KL`` with ``nn.KLDivLoss()``'s default mean over
+    batch AND classes; here the KL is a true per-sample KL (batch mean only), added to CE. The real teacher is
+    ignored.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        correct_prob: float = 0.99, T: float = 20.0, weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < correct_prob < 1.0:
+            raise ConfigError(f"method 'tfkd': correct_prob must lie in (0, 1), got {correct_prob!r}")
+        self.correct_prob = float(correct_prob)
+        self.T = _positive(T, "T", "tfkd")
+        self.weight = float(weight)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted KL of the student's distribution from the softened virtual teacher's."""
+        s = student.logit
+        k = s.shape[1]
+        virtual = torch.full_like(s, (1.0 - self.correct_prob) / (k - 1)).detach()
+        virtual.scatter_(1, target.view(-1, 1), self.correct_prob)
+        p_t = F.softmax(virtual / self.T, dim=1)
+        return self.weight * F.kl_div(F.log_softmax(s, dim=1), p_t, reduction="batchmean")
+
+
+@_register("alpha")
+class AlphaDivergence(Distiller):
+    """Wang et al. 2021, "AlphaNet: Improved Training of Supernets with Alpha-Divergence" (``AdaptiveLossSoft``).
+
+    With q = softmax(s) (student), p = softmax(t) (teacher), importance ratio r = p/q, and for each alpha in
+    {alpha_min, alpha_max} (AlphaNet's ``f_divergence``):
+      alpha = 1:  D = sum_k q r log r = KL(p || q),           rho = r
+      alpha = 0:  r <- clip(r, 0, c);  D = -sum_k q log r,     rho = log r - 1
+      otherwise:  w = clip(r^alpha, 0, c);  D = sum_k q (w - 1) / (alpha (alpha - 1)),
+                  rho = w / alpha + 1 / (alpha (alpha - 1))
+      surrogate   G = -sum_k stopgrad(q rho) log q   (its gradient is the clipped alpha-divergence gradient)
+    Per sample the alpha with the larger D is chosen (the paper's adaptive alpha); batch mean; weight 1;
+    alpha_min=-1, alpha_max=1, clip c=5 (facebookresearch/AlphaNet ``loss_ops.py`` defaults), temperature 1.
+    Gradients are exactly AlphaNet's. Deviation: AlphaNet returns the surrogate G as the loss value; here the
+    value is the chosen divergence D (a meaningful number to log and compare) carrying G's gradient.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        alpha_min: float = -1.0, alpha_max: float = 1.0, iw_clip: float = 5.0, weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.alpha_min = float(alpha_min)
+        self.alpha_max = float(alpha_max)
+        self.iw_clip = _positive(iw_clip, "iw_clip", "alpha")
+        self.weight = float(weight)
+
+    def _divergence(self, log_q: Tensor, p: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+        """Per-sample (clipped alpha-divergence D, gradient surrogate G) for one alpha."""
+        q = log_q.exp().detach()
+        ratio = p / q
+        if abs(alpha) < 1e-3:
+            ratio = ratio.clamp(0.0, self.iw_clip)
+            f, f_base, rho = -ratio.log(), 0.0, ratio.log() - 1.0
+        elif abs(alpha - 1.0) < 1e-3:
+            f, f_base, rho = ratio * ratio.log(), 0.0, ratio
+        else:
+            w = ratio.pow(alpha).clamp(0.0, self.iw_clip)
+            f_base = 1.0 / alpha / (alpha - 1.0)
+            f, rho = w * f_base, w / alpha + f_base
+        return (q * (f - f_base)).sum(dim=1), -(q * rho * log_q).sum(dim=1)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted adaptive alpha-divergence of the student from the teacher."""
+        log_q = F.log_softmax(student.logit, dim=1)
+        p = F.softmax(teacher.logit.detach(), dim=1)
+        d_left, g_left = self._divergence(log_q, p, self.alpha_min)
+        d_right, g_right = self._divergence(log_q, p, self.alpha_max)
+        left = d_left > d_right
+        value = torch.where(left, d_left, d_right)
+        surrogate = torch.where(left, g_left, g_right)
+        return self.weight * (value + surrogate - surrogate.detach()).mean()
+
+
+# ---------------------------------------------------------------------------------------------------- feature maps
+
+
+@_register("fitnet")
+class FitNet(Distiller):
+    """Romero et al. 2015, "FitNets: Hints for Thin Deep Nets" (hint stage, trained jointly as in RepDistiller).
+
+    term = weight * mean((r(f_s) - f_t)^2), with r a learned 1x1 conv + BatchNorm regressor from the student's
+    to the teacher's channels (``self.connector``), spatial sizes aligned by average pooling. weight=100
+    (RepDistiller's ``-b 100`` for hint, added to CE). RepDistiller's ``ConvReg`` is a 3x3 conv + BN + ReLU;
+    the 1x1 conv + BN here is the connector shared by every feature method of this module.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        weight: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.connector = _conv_bn(
+            _size(student_shapes, "feat", "student", "fitnet"), _size(teacher_shapes, "feat", "teacher", "fitnet")
+        )
+        self.weight = float(weight)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted MSE between the regressed student map and the teacher map."""
+        s, t = _match_spatial(self.connector(student.feat), teacher.feat.detach())
+        return self.weight * F.mse_loss(s, t)
+
+
+@_register("at")
+class AT(Distiller):
+    """Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (activation-based, p=2).
+
+    at(x) = normalize(mean_c x^2 flattened over H*W) (L2 per sample);
+    term = weight * mean((at(f_s) - at(f_t))^2) over batch and positions. Spatial sizes are aligned by average
+    pooling the larger map. weight=1000 (RepDistiller, added to CE; the paper's beta/2 applied to its
+    one-layer-per-group sum). Channels may differ: the map averages them out.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        weight: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    @staticmethod
+    def _attention(f: Tensor) -> Tensor:
+        """The L2-normalised spatial attention map of a (N, C, H, W) feature, flattened to (N, H*W)."""
+        return F.normalize(f.pow(2).mean(1).flatten(1))
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted mean squared difference of the two attention maps."""
+        s, t = _match_spatial(student.feat, teacher.feat.detach())
+        return self.weight * (self._attention(s) - self._attention(t)).pow(2).mean()
+
+
+@_register("sp")
+class SP(Distiller):
+    """Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation".
+
+    G = row-L2-normalise(f f^T) for f the feature map flattened to (N, C*H*W);
+    term = weight * ||G_s - G_t||_F^2 / N^2. weight=3000 (RepDistiller, added to CE). Any channel count and
+    spatial size on either side: only the N x N similarities are compared.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        weight: float = 3000.0,
+    ) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    @staticmethod
+    def _similarity(f: Tensor) -> Tensor:
+        """The row-normalised batch Gram matrix (N, N) of flattened features."""
+        f = f.flatten(1)
+        return F.normalize(f @ f.t())
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted, N^2-normalised squared Frobenius distance of the similarity matrices."""
+        n = student.feat.shape[0]
+        diff = self._similarity(student.feat) - self._similarity(teacher.feat.detach())
+        return self.weight * diff.pow(2).sum() / (n * n)
+
+
+@_register("ofd")
+class OFD(Distiller):
+    """Heo et al. 2019, "A Comprehensive Overhaul of Feature Distillation".
+
+    The student map passes a 1x1 conv + BN connector r (``self.connector``); the teacher map a margin-ReLU;
+    the partial L2 skips positions where the student is already below a non-positive target:
+      t_m = max(t, m_c),   term = weight / N * sum over (s > t_m) or (t_m > 0) of (r(f_s) - t_m)^2
+    with the paper's per-channel margin, the expectation of the negative part of a Gaussian N(mu_c, sigma_c^2):
+      m_c = E[x | x < 0] = mu_c - sigma_c * phi(mu_c / sigma_c) / Phi(-mu_c / sigma_c)
+    (phi, Phi the standard normal pdf and cdf; m_c = -3 sigma_c when Phi(-mu_c/sigma_c) <= 0.001, as in the
+    authors' ``get_margin_from_BN``). weight=1e-3: the authors' CIFAR script divides the summed loss by the batch
+    size and by 1000, added to CE.
+    Approximation: the paper reads mu_c, sigma_c from the teacher's BN (pre-ReLU) parameters, not available
+    generically. Here they are the per-channel mean and (population) std of the teacher map over the batch and
+    positions. Our ``Features.feat`` is post-ReLU, so the teacher's negative responses arrive clipped to 0; a 0 is
+    read as a clipped negative and replaced by m_c (what margin-ReLU makes of a negative response, in
+    expectation), while any true negative value (a pre-ReLU teacher) gets the exact max(t, m_c).
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        weight: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.connector = _conv_bn(
+            _size(student_shapes, "feat", "student", "ofd"), _size(teacher_shapes, "feat", "teacher", "ofd")
+        )
+        self.weight = float(weight)
+
+    @staticmethod
+    def margin(t: Tensor) -> Tensor:
+        """The per-channel margin m_c (shape (1, C, 1, 1)) of a Gaussian fitted to the teacher map ``t``."""
+        mu = t.mean(dim=(0, 2, 3))
+        sigma = t.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-12)
+        z = mu / sigma
+        tail = torch.special.ndtr(-z)
+        pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+        m = torch.where(tail > 1e-3, mu - sigma * pdf / tail.clamp_min(1e-3), -3.0 * sigma)
+        return m.view(1, -1, 1, 1)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted, batch-averaged partial L2 between the connected student map and the margined teacher."""
+        s, t = _match_spatial(self.connector(student.feat), teacher.feat.detach())
+        m = self.margin(t)
+        t = torch.where(t == 0, m.expand_as(t), torch.maximum(t, m))
+        mask = (s > t) | (t > 0)
+        return self.weight * ((s - t).pow(2) * mask).sum() / s.shape[0]
+
+
+@_register("ickd")
+class ICKD(Distiller):
+    """Liu et al. 2021, "Exploring Inter-Channel Correlation for Diversity-preserved Knowledge Distillation".
+
+    Per sample, F is the (C, H*W) map (the student's after a 1x1 conv + BN connector to the teacher's C
+    channels, ``self.connector``, the authors' ``Embed``), G = row-L2-normalise(F F^T), a C x C inter-channel
+    correlation; term = weight * sum_n ||G_s,n - G_t,n||_F^2 / (C * N).
+    The paper writes the distance as a mean over the C^2 entries; the normalisation here (row-normalised Gram,
+    divided by C * N) is the authors' released ``ICKDLoss.batch_loss``, the code behind the paper's tables and
+    the one its weight 2.5 (their ``-b 2.5``, added to CE) belongs to.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        weight: float = 2.5,
+    ) -> None:
+        super().__init__()
+        self.connector = _conv_bn(
+            _size(student_shapes, "feat", "student", "ickd"), _size(teacher_shapes, "feat", "teacher", "ickd")
+        )
+        self.weight = float(weight)
+
+    @staticmethod
+    def _correlation(f: Tensor) -> Tensor:
+        """The row-normalised per-sample channel Gram matrices (N, C, C)."""
+        f = f.flatten(2)
+        return F.normalize(f @ f.transpose(1, 2), dim=2)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted squared distance of the inter-channel correlations, divided by C * N."""
+        s, t = _match_spatial(self.connector(student.feat), teacher.feat.detach())
+        n, c = t.shape[:2]
+        return self.weight * (self._correlation(s) - self._correlation(t)).pow(2).sum() / (c * n)
+
+
+@_register("cwd")
+class CWD(Distiller):
+    """Shu et al. 2021, "Channel-wise Knowledge Distillation for Dense Prediction".
+
+    Each channel's map becomes a distribution over its H*W positions, softmax(x / T);
+    term = weight * T^2 / (N * C) * sum_{n,c} KL(softmax(t_nc / T) || softmax(s_nc / T)), T=4.
+    weight=3: our choice of a CIFAR-classification default in RepDistiller style (the paper tunes its weight
+    per dense-prediction task). When student and teacher channel counts differ a 1x1 conv + BN connector
+    (``self.connector``) maps the student to the teacher's channels; this needs both shapes at construction.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        T: float = 4.0, weight: float = 3.0,
+    ) -> None:
+        super().__init__()
+        sizes = _optional_sizes(student_shapes, teacher_shapes, "feat")
+        self.connector = _conv_bn(*sizes) if sizes and sizes[0] != sizes[1] else nn.Identity()
+        self.T = _positive(T, "T", "cwd")
+        self.weight = float(weight)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted, temperature-scaled channel-wise spatial KL."""
+        s, t = _match_spatial(self.connector(student.feat), teacher.feat.detach())
+        _check_width(s, t, 1, "cwd")
+        n, c = t.shape[:2]
+        log_p_s = F.log_softmax(s.flatten(2) / self.T, dim=2)
+        p_t = F.softmax(t.flatten(2) / self.T, dim=2)
+        return self.weight * self.T**2 * F.kl_div(log_p_s, p_t, reduction="sum") / (n * c)
+
+
+# ---------------------------------------------------------------------------------------------------- embeddings
+
+
+@_register("cc")
+class CC(Distiller):
+    """Peng et al. 2019, "Correlation Congruence for Knowledge Distillation".
+
+    With e the L2-normalised embeddings (the student's through a linear ``self.connector`` when its width differs
+    from the teacher's), the batch correlation uses the order-P Taylor expansion of the Gaussian RBF kernel:
+      k(x, y) = sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! * (x . y)^p,   P=2, gamma=0.4
+    term = weight * mean over the N x N entries of (K_s - K_t)^2 (the paper's 1/N^2 ||.||^2). weight=0.02
+    (RepDistiller's ``-b 0.02`` for cc, added to CE; RepDistiller's own CC code uses a different, kernel-free
+    correlation, while this kernel follows the paper).
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        gamma: float = 0.4, order: int = 2, weight: float = 0.02,
+    ) -> None:
+        super().__init__()
+        sizes = _optional_sizes(student_shapes, teacher_shapes, "emb")
+        self.connector = nn.Linear(*sizes) if sizes and sizes[0] != sizes[1] else nn.Identity()
+        self.gamma = float(gamma)
+        if order < 0:
+            raise ConfigError(f"method 'cc': order must be >= 0, got {order!r}")
+        self.order = int(order)
+        self.weight = float(weight)
+
+    def _kernel(self, e: Tensor) -> Tensor:
+        """The (N, N) Taylor-expanded Gaussian RBF correlation of L2-normalised embeddings."""
+        e = F.normalize(e, dim=1)
+        sim = e @ e.t()
+        return sum(
+            math.exp(-2 * self.gamma) * (2 * self.gamma) ** p / math.factorial(p) * sim.pow(p)
+            for p in range(self.order + 1)
+        )
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted mean squared difference of the two correlation matrices."""
+        s, t = self.connector(student.emb), teacher.emb.detach()
+        _check_width(s, t, 1, "cc")
+        return self.weight * (self._kernel(s) - self._kernel(t)).pow(2).mean()
+
+
+@_register("rkd")
+class RKD(Distiller):
+    """Park et al. 2019, "Relational Knowledge Distillation" (RepDistiller's ``RKDLoss`` on embeddings).
+
+    Distance-wise: psi_D(i, j) = ||e_i - e_j|| / mu, mu the mean over the positive distances of the batch;
+    angle-wise: psi_A(i, j, k) = <unit(e_i - e_j), unit(e_k - e_j)>;
+    term = weight * (w_d * smoothL1(psi_D^s, psi_D^t) + w_a * smoothL1(psi_A^s, psi_A^t)), means over all
+    pairs / triplets, w_d=25, w_a=50, weight=1 (RepDistiller, added to CE). Widths may differ.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        w_d: float = 25.0, w_a: float = 50.0, weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.w_d = float(w_d)
+        self.w_a = float(w_a)
+        self.weight = float(weight)
+
+    @staticmethod
+    def _distances(e: Tensor) -> Tensor:
+        """Pairwise Euclidean distances (zero diagonal, safe gradient) divided by their mean positive value."""
+        sq = e.pow(2).sum(dim=1)
+        d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp_min(1e-12).sqrt()
+        d = d * (1 - torch.eye(len(e), dtype=d.dtype, device=d.device))
+        return d / d[d > 0].mean()
+
+    @staticmethod
+    def _angles(e: Tensor) -> Tensor:
+        """Cosines of all angles e_i - e_j - e_k (flattened N^3 vector)."""
+        diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
+        return (diff @ diff.transpose(1, 2)).flatten()
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted distance-wise plus angle-wise relational loss."""
+        s, t = student.emb.flatten(1), teacher.emb.detach().flatten(1)
+        loss_d = F.smooth_l1_loss(self._distances(s), self._distances(t))
+        loss_a = F.smooth_l1_loss(self._angles(s), self._angles(t))
+        return self.weight * (self.w_d * loss_d + self.w_a * loss_a)
+
+
+@_register("pkt")
+class PKT(Distiller):
+    """Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge Transfer".
+
+    Cosine similarities of the embeddings (each divided by its norm + eps), mapped to [0, 1] by (c + 1)/2 and
+    normalised per row into conditional probabilities P(j | i); term = weight * mean_{i,j} P_t log((P_t + eps) /
+    (P_s + eps)), eps=1e-7 (the mean over all N^2 entries, as in the authors' and RepDistiller's code).
+    weight=30000 (RepDistiller, added to CE). Widths may differ.
+    """
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        eps: float = 1e-7, weight: float = 30000.0,
+    ) -> None:
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = float(weight)
+
+    def _probabilities(self, e: Tensor) -> Tensor:
+        """Row-stochastic (N, N) matrix of conditional probabilities from cosine similarities."""
+        e = e.flatten(1)
+        e = e / (e.norm(dim=1, keepdim=True) + self.eps)
+        sim = (e @ e.t() + 1.0) / 2.0
+        return sim / sim.sum(dim=1, keepdim=True)
+
+    def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
+        """The weighted KL of the student's conditional probabilities from the teacher's."""
+        p_s = self._probabilities(student.emb)
+        p_t = self._probabilities(teacher.emb.detach())
+        return self.weight * (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).mean()
+
+
+@_register("crd")
+class CRD(Distiller):
+    """Tian, Krishnan & Isola 2020, "Contrastive Representation Distillation" (RepDistiller's ``CRDLoss``).
+
+    Both embeddings pass their own linear + L2-normalise head (``embed_s``, ``embed_t``) to ``feat_dim``=128.
+    Two memory banks of ``dataset_size`` unit vectors (``memory_s``, ``memory_t``) hold a momentum average
+    (``momentum``=0.5) of every sample's past student / teacher embedding. For each sample i with K negatives
+    j_1..j_K (uniform over the dataset unless ``contrast_index`` is given; the positive is i itself):
+      h(v, m) = exp(v . m / tau) / Z,  tau=0.07, Z = mean of the first batch's exp(v . m / tau) * dataset_size
+      NCE(x) = -[log x_pos / (x_pos + K/n) + sum_j log (K/n) / (x_j + K/n)]   (eps 1e-7 in the denominators)
+    term = weight * (NCE of the student anchor against the teacher bank + NCE of the teacher anchor against the
+    student bank), batch-averaged. K = nce_k = 16384 clamped to dataset_size - 1, weight=0.8 (RepDistiller's
+    ``-a 0 -b 0.8``, added to CE). The banks are updated after each training-mode call with the batch's
+    embeddings. ``forward`` needs ``index``: the samples' positions in the dataset.
+    """
+
+    needs_index: ClassVar[bool] = True
+
+    memory_s: Tensor
+    memory_t: Tensor
+    z_s: Tensor
+    z_t: Tensor
+
+    def __init__(
+        self, student_shapes: Shapes | None = None, teacher_shapes: Shapes | None = None, *,
+        dataset_size: int | None = None, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
+        momentum: float = 0.5, weight: float = 0.8,
+    ) -> None:
+        super().__init__()
+        if dataset_size is None or dataset_size < 2:
+            raise ConfigError(
+                f"method 'crd' needs dataset_size (the number of training samples, >= 2) for its memory bank; "
+                f"got {dataset_size!r}"
+            )
+        self.embed_s = nn.Linear(_size(student_shapes, "emb", "student", "crd"), feat_dim)
+        self.embed_t = nn.Linear(_size(teacher_shapes, "emb", "teacher", "crd"), feat_dim)
+        self.dataset_size = int(dataset_size)
+        self.nce_k = min(int(nce_k), self.dataset_size - 1)
+        self.nce_t = _positive(nce_t, "nce_t", "crd")
+        self.momentum = float(momentum)
+        self.weight = float(weight)
+        stdv = 1.0 / math.sqrt(feat_dim / 3)
+        self.register_buffer("memory_s", torch.rand(self.dataset_size, feat_dim) * 2 * stdv - stdv)
+        self.register_buffer("memory_t", torch.rand(self.dataset_size, feat_dim) * 2 * stdv - stdv)
+        self.register_buffer("z_s", torch.tensor(-1.0))
+        self.register_buffer("z_t", torch.tensor(-1.0))
+
+    def _nce(self, x: Tensor) -> Tensor:
+        """RepDistiller's ``ContrastLoss``: NCE over (N, K + 1) scores with the positive in column 0."""
+        k = x.shape[1] - 1
+        noise = k / self.dataset_size
+        log_pos = torch.log(x[:, 0] / (x[:, 0] + noise + 1e-7))
+        log_neg = torch.log(noise / (x[:, 1:] + noise + 1e-7))
+        return -(log_pos.sum() + log_neg.sum()) / x.shape[0]
+
+    def forward(
+        self, student: Features, teacher: Features, target: Tensor, index: Tensor | None = None,
+        contrast_index: Tensor | None = None,
+    ) -> Tensor:
+        """The weighted two-sided NCE loss; ``index`` (N,) dataset positions, ``contrast_index`` (N, K + 1)."""
+        if index is None:
+            raise ConfigError("method 'crd' needs index= (the samples' dataset positions) in every call")
+        v_s = F.normalize(self.embed_s(student.emb.flatten(1)), dim=1)
+        v_t = F.normalize(self.embed_t(teacher.emb.detach().flatten(1)), dim=1)
+        n = v_s.shape[0]
+        if contrast_index is None:
+            contrast_index = torch.randint(0, self.dataset_size, (n, self.nce_k + 1), device=index.device)
+            contrast_index[:, 0] = index
+        bank_t = self.memory_t[contrast_index].to(v_s.dtype)
+        bank_s = self.memory_s[contrast_index].to(v_t.dtype)
+        out_s = torch.exp(torch.bmm(bank_t, v_s.unsqueeze(2)).squeeze(2) / self.nce_t)
+        out_t = torch.exp(torch.bmm(bank_s, v_t.unsqueeze(2)).squeeze(2) / self.nce_t)
+        if self.z_s < 0:
+            self.z_s.fill_(out_s.mean().item() * self.dataset_size)
+            self.z_t.fill_(out_t.mean().item() * self.dataset_size)
+        loss = self._nce(out_s / self.z_s) + self._nce(out_t / self.z_t)
+        if self.training:
+            with torch.no_grad():
+                for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+                    mixed = bank[index] * self.momentum + v.to(bank.dtype) * (1 - self.momentum)
+                    bank.index_copy_(0, index, F.normalize(mixed, dim=1))
+        return self.weight * loss

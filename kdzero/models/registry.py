@@ -1,0 +1,57 @@
+"""Model registry: factory functions registered by name and built with ``create_model``.
+
+A factory is ``fn(num_classes: int = 100, in_chans: int = 3, **options) -> nn.Module`` whose module returns
+``Features`` from ``forward``. Registration happens at import of the family modules (``kdzero.models``
+imports them all), so ``list_models()`` is complete as soon as the package is imported.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from kdzero.errors import ConfigError, suggest
+
+ModelFactory = TypeVar("ModelFactory", bound=Callable[..., nn.Module])
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register_model(fn: ModelFactory) -> ModelFactory:
+    """Decorator adding factory ``fn`` to the registry under its function name (lower-case)."""
+    name = _normalise(fn.__name__)
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """The names ``create_model`` accepts, sorted."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **kw: Any) -> nn.Module:
+    """Build registered model ``name`` (case and ``-``/``_`` insensitive) with fresh weights.
+
+    Raises ``ConfigError`` with close names for an unknown model, a non-positive class or channel count, or an
+    option the factory does not take.
+    """
+    key = _normalise(str(name))
+    if key not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; {suggest(key, list_models())}")
+    for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model {key}: {label} must be a positive integer, got {value!r}")
+    factory = _MODELS[key]
+    try:
+        inspect.signature(factory).bind(num_classes=num_classes, in_chans=in_chans, **kw)
+    except TypeError as err:
+        raise ConfigError(f"model {key}: {err}") from None
+    return factory(num_classes=num_classes, in_chans=in_chans, **kw)

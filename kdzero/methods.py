@@ -7,10 +7,10 @@ term with a convex ``alpha`` (Hinton's KD, Tf-KD) are given here in their alpha-
 the paper combines the two. Teacher tensors are detached inside; gradient reaches only the student (and the
 method's own learned parts).
 
-    >>> from kdzero.methods import create_method, feature_shapes
-    >>> kd = create_method("kd")                                   # T=4, weight 1
-    >>> fitnet = create_method("fitnet", student_shapes=feature_shapes(s), teacher_shapes=feature_shapes(t))
-    >>> value = fitnet(student=s, teacher=t, target=y)             # fitnet.parameters(): the regressor
+    from kdzero.methods import create_method, feature_shapes
+    kd = create_method("kd")                                       # T=4, weight 1
+    fitnet = create_method("fitnet", student_shapes=feature_shapes(s), teacher_shapes=feature_shapes(t))
+    loss = ce + fitnet(student=s, teacher=t, target=y)             # fitnet.parameters(): its regressor
 
 Methods with learned parts (fitnet, ofd, ickd, crd; cwd and cc when the student's and teacher's sizes differ) build
 them eagerly from per-sample shapes ``{"feat": (C, H, W), "emb": (D,), "logit": (K,)}`` so that the optimiser
@@ -82,7 +82,7 @@ def _register(name: str) -> Callable[[_D], _D]:
 
 
 def list_methods() -> list[str]:
-    """Names of all classical distillers, in the order of their papers' appearance in this module."""
+    """Names of all classical distillers, grouped by knowledge input: logits, feature maps, embeddings."""
     return list(_REGISTRY)
 
 
@@ -162,10 +162,14 @@ def _check_width(s: Tensor, t: Tensor, dim: int, method: str) -> None:
 
 
 def _positive(value: float, what: str, method: str) -> float:
-    """``value`` as a float, or a ConfigError if it is not positive (temperatures, sizes)."""
-    if not value > 0:
-        raise ConfigError(f"method {method!r}: {what} must be positive, got {value!r}")
-    return float(value)
+    """``value`` as a float, or a ConfigError if it is not a positive number (temperatures, clips)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number > 0:
+        raise ConfigError(f"method {method!r}: {what} must be a positive number, got {value!r}")
+    return number
 
 
 # ---------------------------------------------------------------------------------------------------- logits
@@ -177,8 +181,8 @@ class KD(Distiller):
 
     term = weight * T^2 * KL(softmax(t/T) || softmax(s/T)), KL summed over classes and averaged over the batch,
     with log_softmax on the student side and the teacher as the target distribution. T=4, weight=1.
-    The paper (and RepDistiller's ``-r 0.1 -a 0.9``) mixes ``(1-alpha) CE + alpha T^2 KL``; here the alpha-free
-    form ``CE + T^2 KL`` is used, the convention of mdistiller's KD and of every method in this module.
+    The paper mixes ``(1-alpha) CE + alpha T^2 KL`` (RepDistiller ``-r 0.1 -a 0.9``, mdistiller CE 0.1 / KD 0.9);
+    here the alpha-free form ``CE + 1 * T^2 KL`` is used, like every method in this module.
     """
 
     def __init__(
@@ -315,27 +319,32 @@ class AlphaDivergence(Distiller):
         self.iw_clip = _positive(iw_clip, "iw_clip", "alpha")
         self.weight = float(weight)
 
-    def _divergence(self, log_q: Tensor, p: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-        """Per-sample (clipped alpha-divergence D, gradient surrogate G) for one alpha."""
+    def _divergence(self, log_q: Tensor, log_p: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+        """Per-sample (clipped alpha-divergence D, gradient surrogate G) for one alpha.
+
+        The same quantities as AlphaNet's ``f_divergence``, computed from log-probabilities (q r = p, r = exp of
+        the log-ratio) so that a class whose probability underflows to 0 gives no inf * 0 = NaN.
+        """
         q = log_q.exp().detach()
-        ratio = p / q
+        log_ratio = log_p - log_q.detach()
         if abs(alpha) < 1e-3:
-            ratio = ratio.clamp(0.0, self.iw_clip)
-            f, f_base, rho = -ratio.log(), 0.0, ratio.log() - 1.0
+            log_ratio = log_ratio.clamp_max(math.log(self.iw_clip))
+            value, q_rho = -(q * log_ratio).sum(dim=1), q * (log_ratio - 1.0)
         elif abs(alpha - 1.0) < 1e-3:
-            f, f_base, rho = ratio * ratio.log(), 0.0, ratio
+            p = log_p.exp()
+            value, q_rho = (p * log_ratio).sum(dim=1), p
         else:
-            w = ratio.pow(alpha).clamp(0.0, self.iw_clip)
+            w = (alpha * log_ratio).exp().clamp_max(self.iw_clip)
             f_base = 1.0 / alpha / (alpha - 1.0)
-            f, rho = w * f_base, w / alpha + f_base
-        return (q * (f - f_base)).sum(dim=1), -(q * rho * log_q).sum(dim=1)
+            value, q_rho = (q * (w - 1.0)).sum(dim=1) * f_base, q * (w / alpha + f_base)
+        return value, -(q_rho * log_q).sum(dim=1)
 
     def forward(self, student: Features, teacher: Features, target: Tensor) -> Tensor:
         """The weighted adaptive alpha-divergence of the student from the teacher."""
         log_q = F.log_softmax(student.logit, dim=1)
-        p = F.softmax(teacher.logit.detach(), dim=1)
-        d_left, g_left = self._divergence(log_q, p, self.alpha_min)
-        d_right, g_right = self._divergence(log_q, p, self.alpha_max)
+        log_p = F.log_softmax(teacher.logit.detach(), dim=1)
+        d_left, g_left = self._divergence(log_q, log_p, self.alpha_min)
+        d_right, g_right = self._divergence(log_q, log_p, self.alpha_max)
         left = d_left > d_right
         value = torch.where(left, d_left, d_right)
         surrogate = torch.where(left, g_left, g_right)

@@ -117,6 +117,12 @@ def test_overrides_reach_the_method() -> None:
     assert create_method("kd", T=8, weight=0.5).T == 8.0
 
 
+@pytest.mark.parametrize("bad", [0, -1.0, "hot"])
+def test_bad_temperature_raises_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError, match="T must be a positive number"):
+        create_method("kd", T=bad)
+
+
 # ------------------------------------------------------------------------------------------ shared contract
 
 
@@ -233,6 +239,30 @@ def test_alpha_divergence_matches_alphanet_value_and_gradient(
     assert close(value, float(np.mean(values)))
     value.backward()
     np.testing.assert_allclose(npy(logit.grad), np.array(grads), rtol=REL, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "tfkd", "alpha"])
+def test_logit_methods_stay_finite_on_extreme_logits(name: str, target: torch.Tensor) -> None:
+    s = make_features(0)
+    t = make_features(1)
+    logit = (200 * s.logit).requires_grad_()
+    method = build(name, s, t)
+    value = method(student=s._replace(logit=logit), teacher=t._replace(logit=300 * t.logit), target=target)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logit.grad).all()
+
+
+def test_alpha_divergence_zero_alpha_is_clipped_reverse_kl(
+    student: Features, teacher: Features, target: torch.Tensor
+) -> None:
+    s, t = npy(student.logit), npy(teacher.logit)
+    values = []
+    for i in range(N):
+        q, p = softmax(s[i]), softmax(t[i])
+        d_zero = -np.sum(q * np.log(np.clip(p / q, 0, 5.0)))
+        values.append(max(d_zero, kl(p, q)))
+    method = build("alpha", student, teacher, alpha_min=0.0)
+    assert close(method(student=student, teacher=teacher, target=target), float(np.mean(values)))
 
 
 # ------------------------------------------------------------------------------------------ feature-map methods
@@ -468,4 +498,4 @@ def test_crd_loss_decreases_under_sgd_on_a_toy_problem() -> None:
             optimiser.step()
             total += loss.item()
         epoch_losses.append(total)
-    assert epoch_losses[-1] < 0.9 * epoch_losses[0]
+    assert epoch_losses[-1] < 0.5 * epoch_losses[0]

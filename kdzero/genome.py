@@ -307,7 +307,7 @@ def _parse_number(token: str, prefix: str, field_name: str, valid: list[str]) ->
     try:
         value = float(body)
     except ValueError:
-        raise GenomeError(f"bad {field_name} {_clip(token)}; {suggest(token, valid)}") from None
+        raise GenomeError(f"bad {field_name} {_clip(token)}; choose one of {', '.join(valid)}") from None
     if not math.isfinite(value):
         raise GenomeError(f"bad {field_name} {_clip(token)}; choose one of {', '.join(valid)}")
     return value

@@ -102,11 +102,11 @@ class Registry:
     def __getitem__(self, name: str) -> Op:
         try:
             return self._ops[name]
-        except KeyError:
-            raise GenomeError(f"unknown {self.kind} {name!r}; {suggest(name, self._ops)}") from None
+        except (KeyError, TypeError):  # TypeError: an unhashable name, e.g. a list read from genome JSON
+            raise GenomeError(f"unknown {self.kind} {name!r}; {suggest(str(name), self._ops)}") from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._ops
+        return isinstance(name, str) and name in self._ops
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ops)

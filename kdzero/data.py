@@ -511,12 +511,14 @@ def _load_imagefolder(
             tmp = cache.with_suffix(".tmp")
             torch.save(tensors, tmp)
             os.replace(tmp, cache)
-    train, val = _val_holdout(name, tensors["train_images"], tensors["train_labels"], len(classes))
+    def part(p: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tensors[f"{p}_images"], tensors[f"{p}_labels"]
+
     if len(eval_dirs) == 2:  # both present: val/ is the validation split, test/ the test split
-        val = (tensors["val_images"], tensors["val_labels"])
-    test = eval_dirs[-1]
-    return _splits(name, train, val, (tensors[f"{test}_images"], tensors[f"{test}_labels"]), classes, None,
-                   flip=True)
+        train, val = part("train"), part("val")
+    else:
+        train, val = _val_holdout(name, *part("train"), len(classes))
+    return _splits(name, train, val, part(eval_dirs[-1]), classes, None, flip=True)
 
 
 def _decode_imagefolder(scans: dict, size: tuple[int, int] | None) -> dict[str, torch.Tensor]:

@@ -252,10 +252,19 @@ def test_imagefolder_decodes_sorted_classes_and_caches(tmp_path):
     assert torch.equal(second.test.labels, first.test.labels)
 
 
-def test_imagefolder_resizes_to_requested_size(tmp_path):
-    _write_folder(tmp_path / "set", {"train": 10, "val": 2})
+def test_imagefolder_resizes_to_requested_size_and_uses_val_and_test_folders(tmp_path):
+    _write_folder(tmp_path / "set", {"train": 10, "val": 2, "test": 3})
     d = load_dataset(f"imagefolder:{tmp_path / 'set'}", image_size=4, mean=(0.1,) * 3, std=(0.2,) * 3)
     assert d.train.images.shape[1:] == (3, 4, 4) and d.test.mean == (0.1,) * 3
+    assert (len(d.train), len(d.val), len(d.test)) == (20, 4, 6)
+
+
+def test_imagefolder_resizes_only_when_sizes_differ(tmp_path):
+    _write_folder(tmp_path / "set", {"train": 5, "test": 2})
+    odd = torch.randint(0, 256, (3, 9, 7), dtype=torch.uint8)
+    write_png(odd, str(tmp_path / "set" / "train" / "b_cat" / "odd.png"))
+    d = load_dataset(f"imagefolder:{tmp_path / 'set'}")
+    assert d.image_size == (6, 6) and len(d.train) + len(d.val) == 11
 
 
 def test_imagefolder_empty_or_missing_folder_is_a_data_error(tmp_path):

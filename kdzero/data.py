@@ -206,6 +206,7 @@ def augment(
     the device). ``pad`` defaults to ``max(1, H // 8)`` (4 for 32x32, 1 for 8x8); ``padding_mode`` is
     ``"zeros"`` (the CRD/RepDistiller protocol) or ``"reflect"`` (airbench).
     """
+    _check_padding_mode(padding_mode)
     pad = _pad_for(images, pad)
     return _apply_params(images, _draw_params(images.shape[0], pad, flip, generator), pad, padding_mode)
 
@@ -230,8 +231,7 @@ class AugmentedViews:
     ) -> None:
         if num_views < 1:
             raise ConfigError(f"num_views must be >= 1, got {num_views}")
-        if padding_mode not in ("zeros", "reflect"):
-            raise ConfigError(f"padding_mode {padding_mode!r}; {suggest(padding_mode, ['zeros', 'reflect'])}")
+        _check_padding_mode(padding_mode)
         self.split = split
         self.num_views = num_views
         self.seed = seed
@@ -282,6 +282,11 @@ class AugmentedViews:
                 order = torch.cat([order, torch.randperm(total, generator=generator).to(dev)])
             pairs, order = order[:batch_size], order[batch_size:]
             yield pairs // n, pairs % n
+
+
+def _check_padding_mode(padding_mode: str) -> None:
+    if padding_mode not in ("zeros", "reflect"):
+        raise ConfigError(f"padding_mode {padding_mode!r}; {suggest(padding_mode, ['zeros', 'reflect'])}")
 
 
 def _pad_for(images: torch.Tensor, pad: int | None) -> int:

@@ -17,7 +17,7 @@ from kdzero.data import (
     load_dataset,
     proxy_subset,
 )
-from kdzero.errors import DataError
+from kdzero.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*decoding and encoding capabilities:DeprecationWarning")
 
@@ -155,6 +155,11 @@ def test_reflect_padding_never_introduces_zeros():
     images = torch.randint(1, 256, (32, 1, 8, 8), dtype=torch.uint8)
     out = augment(images, torch.Generator().manual_seed(0), pad=3, padding_mode="reflect")
     assert int(out.min()) >= 1
+
+
+def test_unknown_padding_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="reflect"):
+        augment(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.Generator(), padding_mode="reflection")
 
 
 def test_view_zero_is_unaugmented_and_views_are_fixed(digits):

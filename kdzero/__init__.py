@@ -21,5 +21,14 @@ def leaderboard(run: str | None = None, *, storage: str | None = None, study: st
     return load_leaderboard(run, storage=storage, study=study, **kwargs)
 
 
-__all__ = ["PRESETS", "Features", "Genome", "GenomeError", "KdzeroError", "SearchSpace", "UnifiedLoss",
-           "leaderboard", "__version__"]
+__all__ = [
+    "PRESETS",
+    "Features",
+    "Genome",
+    "GenomeError",
+    "KdzeroError",
+    "SearchSpace",
+    "UnifiedLoss",
+    "__version__",
+    "leaderboard",
+]

@@ -33,14 +33,14 @@ class Features(NamedTuple):
             raise ValueError(f"unknown knowledge input {name!r}; valid: {', '.join(KNOWLEDGE_INPUTS)}")
         return getattr(self, name)
 
-    def detach(self) -> "Features":
+    def detach(self) -> Features:
         """A copy cut from the autograd graph (the teacher side of every loss)."""
         return Features(*(t.detach() for t in self))
 
-    def to(self, *args, **kwargs) -> "Features":
+    def to(self, *args, **kwargs) -> Features:
         """Move or cast all three tensors at once (``Tensor.to`` arguments)."""
         return Features(*(t.to(*args, **kwargs) for t in self))
 
-    def index(self, idx: torch.Tensor | slice) -> "Features":
+    def index(self, idx: torch.Tensor | slice) -> Features:
         """The rows ``idx`` of each tensor (a mini-batch out of a cached full split)."""
         return Features(*(t[idx] for t in self))

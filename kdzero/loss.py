@@ -27,7 +27,7 @@ from torch import nn
 
 from kdzero.errors import GenomeError
 from kdzero.features import Features
-from kdzero.genome import Genome, aligned_shape
+from kdzero.genome import Genome
 from kdzero.ops import DISTANCES, TRANSFORMS, WEIGHTS, OpContext
 
 Shapes = Mapping[str, Sequence[int]]
@@ -89,6 +89,7 @@ class UnifiedLoss(nn.Module):
         self.genome.validate(student_shapes, teacher_shapes)
         name = self.genome.input
         self.connector = None
+        self._expected = (tuple(student_shapes[name]), tuple(teacher_shapes[name]))
         if self.genome.needs_connector(student_shapes, teacher_shapes):
             self.connector = make_connector(name, tuple(student_shapes[name]), tuple(teacher_shapes[name]))
         self._built = True
@@ -113,6 +114,10 @@ class UnifiedLoss(nn.Module):
         name = self.genome.input
         s = student.select(name)
         t = teacher.select(name).detach()
+        if (tuple(s.shape[1:]), tuple(t.shape[1:])) != self._expected:
+            raise GenomeError(f"this loss was built for {name} shapes {self._expected[0]} (student) and "
+                              f"{self._expected[1]} (teacher) but got {tuple(s.shape[1:])} and "
+                              f"{tuple(t.shape[1:])}; build a new UnifiedLoss for these models")
         if self.connector is not None:
             s = self.connector(s)
         s, t = align_spatial(s, t)

@@ -29,7 +29,7 @@ def _one_line_genome_error(text) -> str:
         message = str(exc)
         assert message and "\n" not in message and len(message.splitlines()) == 1, repr(message)
         return message
-    except Exception as exc:  # noqa: BLE001 - the point: nothing but GenomeError may escape
+    except Exception as exc:
         pytest.fail(f"{text!r} raised {type(exc).__name__}: {exc}")
     pytest.fail(f"{text!r} parsed without error")
 
@@ -51,7 +51,7 @@ def test_ten_thousand_random_genomes_round_trip_and_validate_with_genome_errors_
                 genome.needs_connector(student, teacher)
             except GenomeError as exc:
                 assert "\n" not in str(exc)
-            except Exception as exc:  # noqa: BLE001 - validation may raise nothing but GenomeError
+            except Exception as exc:
                 pytest.fail(f"{genome} on shape set {index} raised {type(exc).__name__}: {exc}")
             else:
                 valid_counts[index] += 1

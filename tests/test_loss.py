@@ -17,14 +17,6 @@ STUDENT_SHAPES = {"feat": (8, 4, 4), "emb": (8,), "logit": (10,)}
 TEACHER_SHAPES = {"feat": (16, 4, 4), "emb": (16,), "logit": (10,)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _features(shapes: dict, seed: int, requires_grad: bool = True, batch: int = N) -> Features:
     gen = torch.Generator().manual_seed(seed)

@@ -21,14 +21,6 @@ ALL_SHAPES = [shape for shapes in SHAPES.values() for shape in shapes]
 SCALES = (1.0, 100.0, 1e3, 0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -68,6 +60,12 @@ def test_transform_is_finite_with_finite_gradients_and_declared_shape(name: str,
             op.output_shape(shape)
         message = str(info.value)
         assert "\n" not in message and name in message and f"{len(shape)}-D" in message
+        return
+    if op.degenerate is not None and op.degenerate(shape):
+        with pytest.raises(GenomeError, match="all zeros"):
+            op.output_shape(shape)
+        x = _randn(*shape, seed=len(shape))
+        assert torch.count_nonzero(op(x, OpContext(training=True))) == 0, "declared degenerate but informative"
         return
     expected = op.output_shape(shape)
     base = _randn(*shape, seed=len(shape))
@@ -554,3 +552,13 @@ def test_weights_keep_overall_scale_for_constant_distances(name):
     s_logit, t_logit = _randn(5, 7, seed=54), _randn(5, 7, seed=55)
     value = WEIGHTS[name](distances, s_logit, t_logit, torch.arange(5))
     assert float(value) == pytest.approx(2.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("cells", [1, 2, 4])
+def test_local_ops_are_degenerate_exactly_when_every_cell_holds_one_position(cells: int):
+    op = TRANSFORMS[f"local_s{cells}"]
+    for size in range(1, 9):
+        shape = (2, 3, size, size)
+        output = op(_randn(*shape, seed=size), OpContext(training=True))
+        assert (torch.count_nonzero(output) == 0) == (size <= cells), (cells, size)
+        assert (op.degenerate(shape)) == (size <= cells)

@@ -11,14 +11,6 @@ from kdzero import PRESETS, Features, Genome, UnifiedLoss
 N = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _features(channels: int, size: int, seed: int, classes: int = 10) -> Features:
     gen = torch.Generator().manual_seed(seed)

@@ -51,6 +51,8 @@ class Op:
     idempotent:     op(op(x)) == op(x), so consecutive repeats collapse in the canonical key.
     random:         draws randomness per call (shared between branches, off in eval mode).
     min_compare_len: distances only: the compared axis must have at least this many entries to mean anything.
+    degenerate:     shape -> True where the op is defined but its output carries no information (all zeros),
+                    so validation rejects the genome instead of paying for a constant loss.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Op:
     idempotent: bool = False
     random: bool = False
     min_compare_len: int = 1
+    degenerate: Callable[[Shape], bool] | None = None
     doc: str = field(default="", compare=False)
 
     def __call__(self, *args, **kwargs):
@@ -75,6 +78,9 @@ class Op:
                 f"{self.kind} {self.name!r} is not defined for {len(shape)}-D input {tuple(shape)}; "
                 f"it takes {', '.join(f'{r}-D' for r in sorted(self.ranks))}"
             )
+        if self.degenerate is not None and self.degenerate(tuple(shape)):
+            raise GenomeError(f"{self.kind} {self.name!r} returns all zeros for input {tuple(shape)}: "
+                              f"{self.doc.split(':')[0].lower()} needs more positions")
         return tuple(self.out_shape(tuple(shape))) if self.out_shape is not None else tuple(shape)
 
 

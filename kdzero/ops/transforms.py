@@ -85,7 +85,7 @@ def swish(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
 
 
 @register(formula="|x|", idempotent=True)
-def abs(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:  # noqa: A001 - the op's public name
+def abs(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Absolute value: response strength regardless of sign."""
     return torch.abs(x)
 
@@ -244,10 +244,11 @@ def _register_local(cells: int) -> None:
     local.__doc__ = (
         f"Local contrast on a {cells}x{cells} grid: subtracts from every position the mean of its grid cell, "
         f"per channel, so only structure within each region remains. Cells are contiguous and cover any size "
-        f"(7x7 split as 2+2+2+1 for s4); a grid finer than the map leaves one position per cell."
+        f"(7x7 split as 2+2+2+1 for s4); a map with one position per cell would give all zeros, so validation rejects it."
     )
     register(f"local_s{cells}", formula=f"x - mean over its cell of a {cells}x{cells} grid",
-             ranks=frozenset({3, 4}), idempotent=True)(local)
+             ranks=frozenset({3, 4}), idempotent=True,
+             degenerate=lambda s: all(size <= cells for size in s[2:]))(local)
 
 
 for _radius in (1, 2, 4):

@@ -1,0 +1,340 @@
+"""Short proxy training of genomes, with loss rejection, returning one ``ProxyResult`` per genome.
+
+A ``ProxyTask`` holds what every candidate shares: the frozen teacher's cached outputs on V augmented views of
+the proxy train split (``TeacherCache``), the resident validation tensors with the teacher's validation
+features and sharpness, the student factory, and the CE-only baseline run that rejection compares against.
+``evaluate(task, genomes)`` trains a fresh, identically initialised student per genome for ``steps`` SGD steps
+on CE + UnifiedLoss and scores it (``kdzero.scoring``).
+
+Candidates are independent state (student, loss, optimiser, RNG, status) stepped side by side over one stream
+of batches: a group shares each batch's data and teacher lookup, and a rejected candidate simply stops
+stepping, leaving the others untouched. Results therefore do not depend on group composition.
+
+Rejection, each recorded with its stage, reason and the steps it cost:
+* ``static``: the genome is invalid for the teacher/student shapes, or not finite on random inputs (0 steps);
+* ``first_batch``: the distillation loss is not finite, or its ratio to CE is outside ``ratio_band``;
+* ``training``: a non-finite loss or gradient, or training CE above the CE-only student's by
+  ``divergence_margin`` (exponential moving averages) after ``warmup_steps``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdzero.data import AugmentedViews, DatasetSplits, ImageSplit
+from kdzero.errors import ConfigError, GenomeError
+from kdzero.features import Features
+from kdzero.genome import Genome
+from kdzero.loss import UnifiedLoss, check_runs, feature_shapes
+from kdzero.scoring import ScoreWeights, evaluate_classifier, linear_cka, sharpness
+from kdzero.teacher_cache import TeacherCache
+
+EMA_DECAY = 0.9
+
+
+@dataclass
+class ProxyConfig:
+    """Budget and rejection thresholds of one proxy evaluation."""
+
+    steps: int = 150
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    num_views: int = 4
+    train_subset: int | None = None  # images per class in the proxy train split (None: the whole train split)
+    warmup_steps: int = 20
+    ratio_band: tuple[float, float] = (1e-5, 1e3)
+    divergence_margin: float = 1.0
+    grad_clip: float = 10.0
+    rho: float = 0.05
+    sharpness_samples: int = 256
+    cka_samples: int = 512
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.num_views < 1:
+            raise ConfigError(f"proxy steps, batch_size and num_views must be >= 1, got {self.steps}, "
+                              f"{self.batch_size}, {self.num_views}")
+        low, high = self.ratio_band
+        if not 0 <= low < high:
+            raise ConfigError(f"ratio_band must be (low, high) with 0 <= low < high, got {self.ratio_band}")
+
+
+@dataclass
+class ProxyResult:
+    """What a proxy evaluation found out about one genome. ``score`` is lower-is-better; +inf if rejected."""
+
+    genome: str
+    status: str  # "complete" or "rejected"
+    stage: str = ""  # rejection stage: static, first_batch, training
+    reason: str = ""
+    steps: int = 0
+    seconds: float = 0.0
+    val_ce: float = math.inf
+    val_acc: float = 0.0
+    sharpness: float = math.inf
+    s_gap: float = math.inf
+    cka_gap: float = math.inf
+    score: float = math.inf
+    loss_ratio: float = math.nan
+
+    @property
+    def rejected(self) -> bool:
+        """True when the genome was rejected before its score could be computed."""
+        return self.status == "rejected"
+
+    def to_dict(self) -> dict:
+        """Plain-data form (JSON-able, infinities as None)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProxyResult:
+        """Inverse of ``to_dict``."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("val_ce", "sharpness", "s_gap", "cka_gap", "score"):
+            if known.get(name) is None:
+                known[name] = math.inf
+        if known.get("loss_ratio") is None:
+            known["loss_ratio"] = math.nan
+        return cls(**known)
+
+
+class _Rejected(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage, self.reason = stage, reason
+
+
+class ProxyTask:
+    """Everything the candidates of one search share; built once per run (and per worker process).
+
+    ``student_factory(num_classes, in_chans)`` builds a fresh student; it is called under a fixed seed so every
+    candidate starts from the same weights.
+    """
+
+    def __init__(self, teacher: nn.Module, student_factory: Callable[[], nn.Module], data: DatasetSplits,
+                 config: ProxyConfig, cache_dir: str | Path, log: Callable[[str], None] = print,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.data = data
+        self.student_factory = student_factory
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        train = data.train
+        if config.train_subset:
+            from kdzero.data import proxy_subset
+
+            train = proxy_subset(train, per_class=config.train_subset, seed=config.seed)
+        train = train.to(self.device)
+        self.views = AugmentedViews(train, config.num_views, seed=config.seed, flip=data.flip_augment)
+        self.cache = TeacherCache.build_or_load(self.teacher, self.views, cache_dir, device=self.device, log=log,
+                                                progress=progress)
+        self.labels = train.labels
+        self.val_x, self.val_y = self._resident(data.val)
+        with torch.no_grad():
+            _, self.teacher_val_acc, teacher_feat = evaluate_classifier(self.teacher, self.val_x, self.val_y)
+        self.teacher_val_feat = teacher_feat[: config.cka_samples]
+        self.teacher_sharpness = self._sharpness(self.teacher)
+        probe = self.new_student()
+        with torch.no_grad():
+            probe_out = probe.eval()(self.val_x[:2])
+            teacher_out = self.teacher(self.val_x[:2])
+        self.student_shapes = feature_shapes(probe_out)
+        self.teacher_shapes = feature_shapes(teacher_out)
+        self._baseline: ProxyResult | None = None
+        self._baseline_ce: list[float] | None = None
+
+    def _resident(self, split: ImageSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        split = split.to(self.device)
+        return split.normalize(split.images), split.labels
+
+    def _sharpness(self, model: nn.Module) -> float:
+        n = self.config.sharpness_samples
+        return sharpness(model, self.val_x[:n], self.val_y[:n], rho=self.config.rho)
+
+    def new_student(self) -> nn.Module:
+        """A fresh student with the run's fixed initialisation, on the task's device, in train mode."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            student = self.student_factory()
+        return student.to(self.device).train()
+
+    def batches(self):
+        """The fixed stream of (view_ids, indices) every candidate trains on."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return self.views.batches(self.config.batch_size, self.config.steps, generator)
+
+    def baseline(self) -> ProxyResult:
+        """The CE-only student's proxy result (computed once): the reference a distiller must beat."""
+        if self._baseline is None:
+            self._baseline = evaluate(self, [None])[0]
+        return self._baseline
+
+    def baseline_ce_curve(self) -> list[float]:
+        """The CE-only student's training-CE moving average at every step (for the divergence check)."""
+        if self._baseline_ce is None:
+            self.baseline()
+        return self._baseline_ce
+
+
+class _Candidate:
+    """One genome's private training state; nothing here is shared with another candidate."""
+
+    def __init__(self, task: ProxyTask, genome: Genome | None) -> None:
+        cfg = task.config
+        self.genome = genome
+        self.is_baseline = genome is None
+        self.result = ProxyResult(genome=str(genome) if genome is not None else "ce-only", status="running")
+        self.alive = True
+        self.seconds = 0.0
+        start = time.perf_counter()
+        self.student = task.new_student()
+        self.loss_fn: UnifiedLoss | None = None
+        params = list(self.student.parameters())
+        if genome is not None:
+            generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
+            self.loss_fn = UnifiedLoss(genome, task.student_shapes, task.teacher_shapes, generator=generator)
+            self.loss_fn.to(task.device)
+            params += list(self.loss_fn.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.steps)
+        self.ce_ema: float | None = None
+        self.ce_curve: list[float] = []
+        self.seconds += time.perf_counter() - start
+
+    def reject(self, stage: str, reason: str) -> None:
+        self.alive = False
+        self.result.status, self.result.stage, self.result.reason = "rejected", stage, reason
+
+    def step(self, task: ProxyTask, step: int, x: torch.Tensor, y: torch.Tensor, teacher: Features) -> None:
+        cfg = task.config
+        start = time.perf_counter()
+        try:
+            autocast = torch.autocast(task.device.type, dtype=torch.bfloat16,
+                                      enabled=cfg.bf16 and task.device.type == "cuda")
+            with autocast:
+                out = self.student(x)
+                ce = F.cross_entropy(out.logit.float(), y)
+                kd = self.loss_fn(student=out, teacher=teacher, target=y) if self.loss_fn is not None else None
+            total = ce if kd is None else ce + kd.float()
+            if step == 0 and kd is not None:
+                self._check_first_batch(float(kd), float(ce), cfg)
+            if not torch.isfinite(total):
+                raise _Rejected("training", f"non-finite loss at step {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]], cfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise _Rejected("training", f"non-finite gradient at step {step + 1}")
+            self.optimizer.step()
+            self.scheduler.step()
+            ce_value = float(ce)
+            self.ce_ema = ce_value if self.ce_ema is None else EMA_DECAY * self.ce_ema + (1 - EMA_DECAY) * ce_value
+            self.ce_curve.append(self.ce_ema)
+            self.result.steps = step + 1
+            if not self.is_baseline and step + 1 >= cfg.warmup_steps:
+                reference = task.baseline_ce_curve()[step]
+                if self.ce_ema > reference + cfg.divergence_margin:
+                    raise _Rejected("training", f"training CE {self.ce_ema:.3f} exceeds the CE-only student's "
+                                                f"{reference:.3f} by more than {cfg.divergence_margin:g} at step "
+                                                f"{step + 1}")
+        except _Rejected as rejection:
+            self.result.steps = step + 1
+            self.reject(rejection.stage, rejection.reason)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _check_first_batch(self, kd: float, ce: float, cfg: ProxyConfig) -> None:
+        if not math.isfinite(kd):
+            raise _Rejected("first_batch", "distillation loss is not finite on the first batch")
+        ratio = abs(kd) / max(ce, 1e-12)
+        self.result.loss_ratio = ratio
+        low, high = cfg.ratio_band
+        if ratio > high:
+            raise _Rejected("first_batch", f"distillation loss {kd:.3g} swamps CE {ce:.3g} (ratio {ratio:.3g} > "
+                                           f"{high:g})")
+        if ratio < low:
+            raise _Rejected("first_batch", f"distillation loss {kd:.3g} vanishes next to CE {ce:.3g} (ratio "
+                                           f"{ratio:.3g} < {low:g})")
+
+    def finish(self, task: ProxyTask) -> None:
+        start = time.perf_counter()
+        cfg = task.config
+        val_ce, val_acc, feat = evaluate_classifier(self.student, task.val_x, task.val_y)
+        s = task._sharpness(self.student)
+        cka = linear_cka(feat[: cfg.cka_samples], task.teacher_val_feat)
+        r = self.result
+        r.status = "complete"
+        r.val_ce, r.val_acc, r.sharpness = val_ce, val_acc, s
+        r.s_gap = abs(s - task.teacher_sharpness)
+        r.cka_gap = 1.0 - cka
+        r.score = cfg.weights.combine(r.val_ce, r.s_gap, r.cka_gap)
+        self.seconds += time.perf_counter() - start
+
+
+def evaluate(task: ProxyTask, genomes: Sequence[Genome | None],
+             on_step: Callable[[int, int], None] | None = None) -> list[ProxyResult]:
+    """Proxy-train and score ``genomes`` side by side; ``None`` stands for the CE-only student.
+
+    ``on_step(step, total)`` is called after every training step (progress display).
+    """
+    candidates: list[_Candidate] = []
+    for genome in genomes:
+        if genome is not None:
+            try:
+                genome.validate(task.student_shapes, task.teacher_shapes)
+                check_runs(genome, task.student_shapes, task.teacher_shapes)
+            except GenomeError as exc:
+                result = ProxyResult(genome=str(genome), status="rejected", stage="static", reason=str(exc))
+                candidates.append(_static_rejection(result))
+                continue
+        candidates.append(_Candidate(task, genome))
+    if any(c.genome is not None and c.alive for c in candidates) and task._baseline_ce is None \
+            and not any(c.is_baseline for c in candidates):
+        task.baseline()
+    cfg = task.config
+    for step, (view_ids, indices) in enumerate(task.batches()):
+        alive = [c for c in candidates if c.alive]
+        if not alive:
+            break
+        x = task.views.batch(view_ids, indices)
+        y = task.labels[indices]
+        teacher = task.cache.get(view_ids, indices)
+        for candidate in alive:
+            candidate.step(task, step, x, y, teacher)
+        if on_step is not None:
+            on_step(step + 1, cfg.steps)
+    for candidate in candidates:
+        if candidate.alive:
+            candidate.finish(task)
+            if candidate.is_baseline:
+                task._baseline_ce = candidate.ce_curve
+                task._baseline = candidate.result
+        candidate.result.seconds = candidate.seconds
+    return [c.result for c in candidates]
+
+
+def _static_rejection(result: ProxyResult) -> _Candidate:
+    candidate = _Candidate.__new__(_Candidate)
+    candidate.genome, candidate.is_baseline, candidate.result = None, False, result
+    candidate.alive, candidate.seconds = False, 0.0
+    return candidate
+
+
+def evaluate_one(task: ProxyTask, genome: Genome) -> ProxyResult:
+    """``evaluate`` for a single genome."""
+    return evaluate(task, [genome])[0]

@@ -1,0 +1,98 @@
+"""Proxy metrics that predict how well a distilled student will end up: CE, sharpness gap, CKA gap.
+
+KD-Zero correlates three proxy metrics with final accuracy (CE 0.755, S-gap 0.512, CKA-gap 0.682; all three
+0.935) without publishing formulas. Ours:
+
+* ``val_ce``: the student's cross-entropy on the proxy validation split.
+* sharpness ``S(model)``: the loss increase under one first-order worst-case weight perturbation of radius rho,
+  ``L(w + rho g/||g||) - L(w)`` with ``g`` the loss gradient at ``w`` (one SAM step, Foret et al. 2021).
+  ``s_gap = |S(student) - S(teacher)|``: a distiller that leaves the student in a much sharper (or flatter)
+  basin than the teacher transfers less.
+* ``cka_gap = 1 - CKA(student feat, teacher feat)``, linear CKA (Kornblith et al. 2019) of the pre-pooling
+  features over validation samples: how far the student's representation is from the teacher's.
+* ``score = w_ce * val_ce + w_s * s_gap + w_cka * cka_gap``: lower is better, the one convention used
+  everywhere in kdzero. The default weights come from ``experiments/correlation.py`` (see README).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_RHO = 0.05
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """Weights of the combined score (lower is better)."""
+
+    ce: float = 1.0
+    s_gap: float = 1.0
+    cka_gap: float = 1.0
+
+    def combine(self, val_ce: float, s_gap: float, cka_gap: float) -> float:
+        """The weighted sum; a non-finite metric makes the score +inf."""
+        value = self.ce * val_ce + self.s_gap * s_gap + self.cka_gap * cka_gap
+        return value if math.isfinite(value) else math.inf
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA between two sets of representations of the same N samples, (N, Dx) and (N, Dy).
+
+    Computed from centred Gram matrices, so the widths may differ: <HKH, HLH>_F / (||HKH||_F ||HLH||_F)
+    with K = x x^T, L = y y^T. 1 for representations equal up to rotation and isotropic scale.
+    """
+    x = x.reshape(x.shape[0], -1).double()
+    y = y.reshape(y.shape[0], -1).double()
+    x = x - x.mean(dim=0, keepdim=True)
+    y = y - y.mean(dim=0, keepdim=True)
+    gram_x, gram_y = x @ x.t(), y @ y.t()
+    denom = torch.linalg.matrix_norm(gram_x) * torch.linalg.matrix_norm(gram_y)
+    if denom <= 0:
+        return 0.0
+    return float((gram_x * gram_y).sum() / denom)
+
+
+def sharpness(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, rho: float = DEFAULT_RHO) -> float:
+    """Loss increase under one SAM ascent step of radius ``rho`` over all weights (model in eval mode).
+
+    A copy of the model is perturbed, so the caller's weights, BN statistics and frozen flags are untouched.
+    """
+    probe = copy.deepcopy(model).eval()
+    params = list(probe.parameters())
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    loss = F.cross_entropy(probe(inputs).logit.float(), targets)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for _, g in pairs))
+    if not torch.isfinite(norm) or norm <= 0:
+        return 0.0 if torch.isfinite(loss) else math.inf
+    with torch.no_grad():
+        for p, g in pairs:
+            p.add_(g, alpha=rho / float(norm))
+        perturbed = F.cross_entropy(probe(inputs).logit.float(), targets)
+    return float(perturbed - loss.detach())
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 512
+                        ) -> tuple[float, float, torch.Tensor]:
+    """Mean CE, top-1 accuracy and the pre-pooling features of ``model`` on a resident split (eval mode)."""
+    was_training = model.training
+    model.eval()
+    total_ce, correct, feats = 0.0, 0, []
+    for start in range(0, inputs.shape[0], batch_size):
+        out = model(inputs[start:start + batch_size])
+        y = targets[start:start + batch_size]
+        total_ce += float(F.cross_entropy(out.logit.float(), y, reduction="sum"))
+        correct += int((out.logit.argmax(dim=1) == y).sum())
+        feats.append(out.feat.float())
+    model.train(was_training)
+    n = inputs.shape[0]
+    return total_ce / n, correct / n, torch.cat(feats)

@@ -1,0 +1,118 @@
+"""``kdzero replay``: full distillation training of a student with a genome, a classical method or a run's top-K."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.markup import escape
+from rich.table import Table
+
+from kdzero.cli._display import console
+from kdzero.cli.train_teacher import add_training_options, config_from_args, log_line, set_threads
+from kdzero.errors import ConfigError, KdzeroError
+
+EPILOG = """\
+examples:
+  kdzero replay --genome 'logit[no,no,no]|kl|no|T4|x1' --student resnet8 --dataset digits
+      digits trains (once) and reuses its own teacher, runs/teachers/resnet20-digits/best.pt
+  kdzero replay --method ce --student resnet8 --seeds 3
+      the CE-only baseline over seeds 0, 1, 2: mean and std of best-epoch and last-epoch top-1
+  kdzero replay runs/r56-r20 --rank 1 --teacher resnet56 --teacher-ckpt t/best.pt --student resnet20 \\
+      --dataset cifar100 --device cuda
+      the best distiller of a search run, full 240-epoch CRD protocol
+  kdzero replay --method kd --teacher resnet56a --teacher-ckpt resnet56-4bfd9763.th --student resnet20 \\
+      --dataset imagefolder:/data/cifar10-jpeg --normalize imagenet --train-subset 5000 --epochs 15
+      CIFAR-10 JPEGs with an akamaster teacher (trained with ImageNet normalisation)
+
+Both the best-epoch and the last-epoch test top-1 are reported: the field's tables mix the two. Each seed trains
+in OUT/seed<k>/ (best.pt, last.pt, results.json); OUT/results.json holds the summary.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``replay`` sub-command."""
+    parser = subparsers.add_parser(
+        "replay", help="fully train a student with a genome, a classical method or a search run's top-K",
+        description="Distil a student from a teacher over a full training schedule (the CRD protocol by default) "
+                    "with a genome (--genome), a classical method (--method) or the K-th best genome of a search "
+                    "run (RUN --rank K), and report its test top-1.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_path", nargs="?", metavar="RUN", help="a search run folder; use with --rank")
+    which = parser.add_argument_group("distiller (one of)")
+    which.add_argument("--genome", metavar="TEXT", help="genome text, e.g. 'logit[no,no,no]|kl|no|T4|x1'")
+    which.add_argument("--method", metavar="NAME",
+                       help="ce (the student alone: the CE baseline) or a classical method of kdzero.methods: "
+                            "kd, at, sp, ofd, rkd, pkt, cc, fitnet, ickd, cwd, dkd, crd, alpha, tfkd")
+    which.add_argument("--rank", type=int, metavar="K", help="with RUN: the K-th best genome of its leaderboard")
+    models = parser.add_argument_group("models")
+    models.add_argument("--student", default="resnet8", help="student model (default resnet8)")
+    models.add_argument("--teacher", metavar="MODEL",
+                        help="teacher model; on digits without --teacher-ckpt, resnet20 trained once into "
+                             "runs/teachers/")
+    models.add_argument("--teacher-ckpt", metavar="PATH", help="teacher checkpoint, loaded strictly")
+    models.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1, report mean and std")
+    add_training_options(parser)
+    parser.set_defaults(func=run)
+
+
+def genome_from_run(run_path: str, rank: int) -> str:
+    """The genome text at ``rank`` (1 = best) of search run ``run_path``'s leaderboard."""
+    try:
+        from kdzero.leaderboard import load_leaderboard
+    except ImportError:
+        raise KdzeroError(f"cannot read run {run_path}: this installation has no leaderboard reader "
+                          "(kdzero.leaderboard); pass the genome with --genome instead") from None
+    board = load_leaderboard(run_path)
+    rows = board[board["rank"] == rank]
+    if rows.empty:
+        raise ConfigError(f"run {run_path} has no rank {rank}; its leaderboard holds ranks 1..{len(board)}")
+    return str(rows.iloc[0]["genome"])
+
+
+def _distiller(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(genome, method) from the options, exactly one of them set."""
+    if args.rank is not None and not args.run_path:
+        raise ConfigError("--rank K needs a search run folder: kdzero replay RUN --rank K")
+    if args.run_path and args.rank is None:
+        raise ConfigError(f"which genome of {args.run_path}? add --rank K (1 = best)")
+    given = [flag for flag, value in (("--genome", args.genome), ("--method", args.method), ("RUN --rank", args.rank))
+             if value is not None]
+    if len(given) != 1:
+        raise ConfigError(f"give exactly one of --genome TEXT, --method NAME or RUN --rank K (got "
+                          f"{', '.join(given) or 'none'})")
+    if args.rank is not None:
+        return genome_from_run(args.run_path, args.rank), None
+    return args.genome, args.method
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the distiller, train every seed, print the table (or JSON)."""
+    from kdzero.train import load_data, replay
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    genome, method = _distiller(args)
+    data = load_data(args.dataset, args.data_root, normalize=args.normalize, train_subset=args.train_subset)
+    set_threads(args, data.name)
+    result = replay(args.student, data, genome=genome, method=method, teacher=args.teacher,
+                    teacher_ckpt=args.teacher_ckpt, config=config_from_args(args, args.student, data.name),
+                    seeds=args.seeds, out=args.out, resume=args.resume,
+                    progress=not (args.no_progress or args.json), log=log_line)
+    summary = result.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title=escape(f"{args.student} distilled with {result.label} on {data.name}"))
+    for column in ("seed", "best top-1 (epoch)", "last top-1", "time"):
+        table.add_column(column, justify="right")
+    for r in result.runs:
+        table.add_row(str(r.config.seed), f"{r.best_acc:.2f}% ({r.best_epoch})", f"{r.last_acc:.2f}%",
+                      f"{r.seconds:.0f} s")
+    if len(result.runs) > 1:
+        table.add_row("mean ± std", f"{summary['best_acc_mean']:.2f} ± {summary['best_acc_std']:.2f}%",
+                      f"{summary['last_acc_mean']:.2f} ± {summary['last_acc_std']:.2f}%", "", style="bold")
+    console.print(table)
+    out = result.runs[0].run_dir.parent if result.runs[0].run_dir else None
+    if out is not None:
+        console.print(f"results: {escape(str(out / 'results.json'))}", highlight=False)
+    return 0

@@ -124,7 +124,7 @@ def load_checkpoint(
         linear = [n for n, m in target.named_modules() if isinstance(m, nn.Linear)]
         head = f"{linear[-1]}.weight" if linear else None
         if head in misshaped and state[head].dim() == 2 and state[head].shape[1] == own[head].shape[1]:
-            lines[0] = (f"checkpoint {path} has {state[head].shape[0]} classes, model has {own[head].shape[0]} "
+            lines[0] = (f"checkpoint has {state[head].shape[0]} classes, model has {own[head].shape[0]}: {path} "
                         f"(build the model with num_classes={state[head].shape[0]})")
         elif len(missing) > len(own) // 2:
             lines[0] += f" most of its weights are absent ({len(own) - len(missing)} of {len(own)} keys match);" \

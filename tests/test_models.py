@@ -331,9 +331,11 @@ def test_adapter_refuses_a_module_without_classifier() -> None:
         wrap_model(nn.Conv2d(3, 3, 1))
 
 
-def test_wrap_model_passes_zoo_models_through() -> None:
+def test_wrap_model_passes_zoo_models_through_unless_asked_for_another_layer() -> None:
     model = create_model("resnet8", num_classes=10)
     assert wrap_model(model) is model
+    out = wrap_model(model, feat_layer="layer2")(torch.randn(2, 3, 32, 32))
+    assert out.feat.shape == (2, 32, 16, 16) and out.logit.shape == (2, 10)
 
 
 def test_deep_copied_adapter_is_independent() -> None:

@@ -3,7 +3,9 @@
 The approach of torchdistill: the wrapped module runs its own ``forward``; hooks record
 
 * ``emb``: the input of the classifier, i.e. the last ``nn.Linear`` in the module tree (so ``logit ==
-  classifier(emb)``; for a multi-layer head such as MobileNetV3's this is the last hidden vector);
+  classifier(emb)``; for a multi-layer head such as MobileNetV3's this is the last hidden vector, and where a
+  dropout precedes the classifier, as in torchvision's MobileNetV2 and EfficientNet, it is the dropped-out vector
+  in training mode and the pooled one in evaluation mode);
 * ``feat``: the output of the feature-map layer, by default the last module (in execution order, before the
   classifier runs) whose output is 4-D and which is not a pooling layer - the last stage, e.g. ``layer4`` of a
   torchvision ResNet or ``features`` of a MobileNet/EfficientNet. ``feat_layer="layer4"`` names it instead.
@@ -112,6 +114,8 @@ class HookedFeatureModel(FeatureModel):
             feat, emb = self._captured["feat"], self._captured["emb"]
         finally:
             self._captured.clear()
+        if isinstance(logit, Features):  # a zoo model re-wrapped for another feat_layer
+            logit = logit.logit
         if not isinstance(logit, torch.Tensor):
             raise ConfigError(f"{type(self.model).__name__} returns {type(logit).__name__}, not a logit tensor")
         self.feature_channels = feat.shape[1]

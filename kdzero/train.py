@@ -435,8 +435,9 @@ def train_model(
                 if out_dir is not None:
                     _save({"model": model.state_dict(), "epoch": epoch, "best_acc": best_acc}, out_dir / "best.pt")
             shown = f"test {test_acc:.2f}%" if test_acc is not None else "test -"
+            best = f"best {best_acc:.2f}% (epoch {best_epoch})" if best_epoch else "best -"
             line = (f"epoch {epoch}/{config.epochs}  loss {record.train_loss:.4f}  train {record.train_acc:.2f}%  "
-                    f"{shown}  best {best_acc:.2f}% (epoch {best_epoch})  {record.seconds:.1f}s")
+                    f"{shown}  {best}  {record.seconds:.1f}s")
             bar.epoch(shown)
             if out_dir is not None:
                 _save({"model": model.state_dict(),
@@ -740,7 +741,8 @@ def replay(
             log(f"seed {seed}")
         result = train_model(model, data, run_config, teacher=teacher_model, distill_loss=loss,
                              run_dir=out_dir / f"seed{seed}", resume=resume, progress=progress, log=log)
-        result.extra.update(student=student, teacher=teacher, distiller=label, dataset=data.name)
+        result.extra.update(student=student, teacher=teacher if teacher_model is not None else None,
+                            distiller=label, dataset=data.name)
         _write_json(result.to_dict(), out_dir / f"seed{seed}" / "results.json")
         runs.append(result)
     summary = ReplayResult(runs=runs, label=label, student=student, teacher=teacher if teacher_model else None,

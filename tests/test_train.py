@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,3 +271,27 @@ def test_replay_needs_exactly_one_distiller(capsys):
     _one_line_error(capsys, "exactly one")
     assert main(["replay", "--method", "kdd"]) == 2
     _one_line_error(capsys, "did you mean kd")
+
+
+def test_replay_takes_the_genome_at_rank_k_of_a_run(monkeypatch, tmp_path, teacher_ckpt, capsys):
+    import types
+
+    import pandas as pd
+
+    board = pd.DataFrame({"rank": [1, 2], "genome": ["logit[no,no,no]|kl|no|T4|x1", "emb[no,no,no]|l2|no|T1|x1"]})
+    fake = types.ModuleType("kdzero.leaderboard")
+    fake.load_leaderboard = lambda run: board
+    monkeypatch.setitem(sys.modules, "kdzero.leaderboard", fake)
+    code = main(["replay", str(tmp_path / "run"), "--rank", "2", "--teacher", "resnet8", "--teacher-ckpt",
+                 str(teacher_ckpt), "--epochs", "1", "--train-subset", "100", "--out", str(tmp_path / "out"),
+                 "--no-progress", "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["distiller"] == "emb[no,no,no]|l2|no|T1|x1"
+    assert main(["replay", str(tmp_path / "run"), "--rank", "3"]) == 2
+    _one_line_error(capsys, "no rank 3")
+
+
+def test_replay_of_a_run_without_leaderboard_reader_exits_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "kdzero.leaderboard", None)
+    assert main(["replay", str(tmp_path), "--rank", "1"]) == 2
+    _one_line_error(capsys, "cannot read run")

@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``replay`` sub-command."""
     parser = subparsers.add_parser(
         "replay", help="fully train a student with a genome, a classical method or a search run's top-K",
-        description="Distil a student from a teacher over a full training schedule (the CRD protocol by default) "
-                    "with a genome (--genome), a classical method (--method) or the K-th best genome of a search "
-                    "run (RUN --rank K), and report its test top-1.",
+        description="Distil a student from a teacher over a full training schedule (the CRD protocol by default)\n"
+                    "with a genome (--genome), a classical method (--method) or the K-th best genome of a search\n"
+                    "run (RUN --rank K), and report its best-epoch and last-epoch test top-1.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_path", nargs="?", metavar="RUN", help="a search run folder; use with --rank")
     which = parser.add_argument_group("distiller (one of)")
@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="teacher model; on digits without --teacher-ckpt, resnet20 trained once into "
                              "runs/teachers/")
     models.add_argument("--teacher-ckpt", metavar="PATH", help="teacher checkpoint, loaded strictly")
-    models.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1, report mean and std")
+    models.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train N seeds from --seed on (0..N-1 by default), report mean and std")
     add_training_options(parser)
     parser.set_defaults(func=run)
 
@@ -59,7 +60,9 @@ def genome_from_run(run_path: str, rank: int) -> str:
     """The genome text at ``rank`` (1 = best) of search run ``run_path``'s leaderboard."""
     try:
         from kdzero.leaderboard import load_leaderboard
-    except ImportError:
+    except ModuleNotFoundError as err:
+        if err.name != "kdzero.leaderboard":
+            raise
         raise KdzeroError(f"cannot read run {run_path}: this installation has no leaderboard reader "
                           "(kdzero.leaderboard); pass the genome with --genome instead") from None
     board = load_leaderboard(run_path)
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args, data.name)
     result = replay(args.student, data, genome=genome, method=method, teacher=args.teacher,
                     teacher_ckpt=args.teacher_ckpt, config=config_from_args(args, args.student, data.name),
-                    seeds=args.seeds, out=args.out, resume=args.resume,
+                    seeds=range(args.seed, args.seed + args.seeds), out=args.out, resume=args.resume,
                     progress=not (args.no_progress or args.json), log=log_line)
     summary = result.to_dict()
     if args.json:

@@ -54,6 +54,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", metavar="DIR", help="output folder (checkpoints and results.json)")
     run.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     run.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    run.add_argument("--eval-every", type=int, metavar="N",
+                     help="evaluate the test split every N epochs and after the last (default 1)")
     run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     run.add_argument("--threads", type=int, metavar="N",
                      help="CPU threads for torch (default 1 on digits, whose 8x8 images are too small to share "
@@ -75,7 +77,7 @@ def config_from_args(args: argparse.Namespace, model_name: str, dataset: str) ->
 
     return TrainConfig.for_dataset(model_name, dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                    milestones=args.milestones, weight_decay=args.weight_decay, seed=args.seed,
-                                   device=args.device, amp=args.amp or None)
+                                   device=args.device, amp=args.amp or None, eval_every=args.eval_every)
 
 
 def set_threads(args: argparse.Namespace, dataset: str) -> None:
@@ -99,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train-teacher`` sub-command."""
     parser = subparsers.add_parser(
         "train-teacher", help="train a teacher from scratch (CRD protocol) and save best.pt/last.pt",
-        description="Train a zoo model from scratch on a dataset with the CRD/RepDistiller protocol (every knob "
+        description="Train a zoo model from scratch on a dataset with the CRD/RepDistiller protocol (every knob\n"
                     "overridable) and save it as a teacher for 'kdzero replay' and 'kdzero search'.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="zoo model name, e.g. resnet8, resnet56, resnet32x4, wrn_40_2")

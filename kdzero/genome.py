@@ -64,15 +64,28 @@ class SearchSpace:
         """Number of distinct genomes in the space (before validity and deduplication)."""
         return math.prod(len(self.choices(gene)) for gene in GENES)
 
+    def including(self, genomes: Sequence[Genome]) -> SearchSpace:
+        """A copy whose choices also hold every gene value of ``genomes`` (so enqueued presets fit the space)."""
+        space = self
+        for genome in genomes:
+            for gene in GENES:
+                value = genome.gene(gene)
+                if value not in space.choices(gene):
+                    space = space._with_choices(gene, (*space.choices(gene), value))
+        return space
+
+    def _with_choices(self, gene: str, values: tuple) -> SearchSpace:
+        if gene.startswith("transform"):
+            slots = list(self.slots)
+            slots[int(gene[-1]) - 1] = tuple(values)
+            return replace(self, slots=tuple(slots))
+        return replace(self, **{{"input": "inputs", "distance": "distances", "weight": "weights",
+                                 "temperature": "temperatures", "magnitude": "magnitudes"}[gene]: tuple(values)})
+
     def without(self, gene: str, values: Sequence) -> SearchSpace:
         """A copy with ``values`` removed from ``gene`` (never emptying it): adaptive shrinkage."""
         kept = tuple(v for v in self.choices(gene) if v not in set(values)) or self.choices(gene)[:1]
-        if gene.startswith("transform"):
-            slots = list(self.slots)
-            slots[int(gene[-1]) - 1] = kept
-            return replace(self, slots=tuple(slots))
-        return replace(self, **{{"input": "inputs", "distance": "distances", "weight": "weights",
-                                 "temperature": "temperatures", "magnitude": "magnitudes"}[gene]: kept})
+        return self._with_choices(gene, kept)
 
 
 FULL_SPACE = SearchSpace()

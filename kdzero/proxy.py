@@ -183,6 +183,12 @@ class ProxyTask:
             self._baseline = evaluate(self, [None])[0]
         return self._baseline
 
+    def set_baseline(self, result: ProxyResult, ce_curve: list[float]) -> None:
+        """Adopt a CE-only baseline computed elsewhere (another worker of the same study, same settings)."""
+        if len(ce_curve) != self.config.steps:
+            raise ConfigError(f"baseline curve has {len(ce_curve)} steps, this proxy trains {self.config.steps}")
+        self._baseline, self._baseline_ce = result, list(ce_curve)
+
     def baseline_ce_curve(self) -> list[float]:
         """The CE-only student's training-CE moving average at every step (for the divergence check)."""
         if self._baseline_ce is None:
@@ -231,8 +237,8 @@ class _Candidate:
                 kd = self.loss_fn(student=out, teacher=teacher, target=y) if self.loss_fn is not None else None
             total = ce if kd is None else ce + kd.float()
             if step == 0 and kd is not None:
-                self._check_first_batch(float(kd), float(ce), cfg)
-            if not torch.isfinite(total):
+                self._check_first_batch(float(kd.detach()), float(ce.detach()), cfg)
+            if not torch.isfinite(total.detach()):
                 raise _Rejected("training", f"non-finite loss at step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -242,7 +248,7 @@ class _Candidate:
                 raise _Rejected("training", f"non-finite gradient at step {step + 1}")
             self.optimizer.step()
             self.scheduler.step()
-            ce_value = float(ce)
+            ce_value = float(ce.detach())
             self.ce_ema = ce_value if self.ce_ema is None else EMA_DECAY * self.ce_ema + (1 - EMA_DECAY) * ce_value
             self.ce_curve.append(self.ce_ema)
             self.result.steps = step + 1

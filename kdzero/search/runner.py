@@ -1,0 +1,256 @@
+"""Running a search: the proxy task from a config, the study, and the worker loop.
+
+``prepare_run(config)`` creates or resumes ``runs/<name>/`` and its study; ``build_task(config)`` loads data,
+teacher and student into a ``ProxyTask``; ``run_worker`` asks the sampler for groups of trials, proxy-evaluates
+them and tells each result to its trial until the study holds the planned number of finished trials. Any number
+of workers, in processes or on machines, may run ``run_worker`` on the same study at once.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import optuna
+import torch
+
+from kdzero.errors import ConfigError
+from kdzero.genome import Genome, SearchSpace
+from kdzero.models import create_model, load_checkpoint
+from kdzero.presets import PRESETS
+from kdzero.proxy import ProxyResult, ProxyTask, evaluate
+from kdzero.search import study as studies
+from kdzero.search.config import SearchConfig
+from kdzero.search.samplers import create_sampler
+from kdzero.search.space import named_space, space_from_choices, suggest_genome
+
+Log = Callable[[str], None]
+
+
+class SearchObserver:
+    """Hooks for progress displays; every method is optional to override."""
+
+    def log(self, message: str) -> None:
+        """A line of information."""
+
+    def trials_started(self, numbers: list[int], genomes: list[Genome]) -> None:
+        """A group of trials is about to be evaluated."""
+
+    def step(self, step: int, total: int) -> None:
+        """The group finished training step ``step`` of ``total``."""
+
+    def trial_finished(self, number: int, genome: Genome, result: ProxyResult, duplicate_of: int | None) -> None:
+        """A trial was told its result."""
+
+
+def configure_torch(config: SearchConfig) -> None:
+    """Intra-op threads for this process: small students gain nothing from more than one per worker on a
+    loaded CPU (measured 30-50x slower steps with 2 threads under load); use --workers for parallelism."""
+    torch.set_num_threads(config.threads)
+
+
+def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, int], None] | None = None,
+               device: str | None = None) -> ProxyTask:
+    """Data, teacher (loaded, or trained once for digits) and student factory of a run, as a ProxyTask."""
+    from kdzero.train import ensure_teacher, load_data
+
+    data = load_data(config.dataset, config.data_root, normalize=config.normalize)
+    teacher = create_model(config.teacher, num_classes=data.num_classes, in_chans=data.in_chans)
+    create_model(config.student, num_classes=data.num_classes, in_chans=data.in_chans)  # fail fast on a bad name
+    checkpoint = config.teacher_ckpt
+    if checkpoint is None:
+        if config.dataset != "digits":
+            raise ConfigError(f"--teacher-ckpt is required for dataset {config.dataset!r} (train one with "
+                              f"'kdzero train-teacher --model {config.teacher} --dataset {config.dataset}')")
+        log(f"built-in teacher: {config.teacher} on digits (trained once, kept in {config.run_dir / 'teacher'})")
+        checkpoint = ensure_teacher(config.teacher, data, root=config.run_dir / "teacher", progress=False, log=log)
+    load_checkpoint(teacher, checkpoint)
+    proxy_config = config.proxy
+    proxy_config.device = device or config.device
+    proxy_config.weights = config.score
+    if proxy_config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {proxy_config.device!r} requested but CUDA is not available; use --device cpu")
+    factory = partial(create_model, config.student, num_classes=data.num_classes, in_chans=data.in_chans)
+    return ProxyTask(teacher, factory, data, proxy_config, config.run_dir / "cache", log=log, progress=progress)
+
+
+@dataclass
+class Run:
+    """An opened run: its config, storage and study."""
+
+    config: SearchConfig
+    storage: optuna.storages.RDBStorage
+    study: optuna.Study
+
+
+def check_run_dir(config: SearchConfig) -> None:
+    """Refuse, before any work, to resume ``runs/<name>/`` with changed identity settings; then record the
+    resolved config there."""
+    saved_path = config.run_dir / "config.json"
+    if saved_path.is_file():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"{saved_path} is corrupt; remove it to start the run afresh") from None
+        config.check_resumable(saved)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    saved_path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
+def prepare_run(config: SearchConfig, is_valid: Callable[[Genome], bool] | None = None,
+                log: Log = print) -> Run:
+    """Create ``runs/<name>/`` and its study, or resume them (refusing changed identity settings)."""
+    check_run_dir(config)
+    storage = studies.make_storage(config.storage_url)
+    presets = [g for g in PRESETS.values() if is_valid is None or is_valid(g)] if config.presets else []
+    if config.sampler == "grid":
+        presets = []  # the grid is the whole plan
+    space = run_space(config, presets)
+    sampler = create_sampler(config.sampler, space, seed=config.seed, population_size=config.population,
+                             guided=config.guided, adaptive_shrink=config.adaptive_shrink, is_valid=is_valid,
+                             log=log)
+    study = studies.create_or_load_study(storage, config.study_name, sampler)
+    saved_config = study.user_attrs.get(studies.CONFIG_ATTR)
+    if saved_config is not None:
+        config.check_resumable(saved_config)
+    studies.initialise(study, config.to_dict(), space, config.trials, presets)
+    return Run(config, storage, study)
+
+
+def run_space(config: SearchConfig, presets: list[Genome]) -> SearchSpace:
+    """The run's fixed parameter choices: the named space plus the gene values of the enqueued presets."""
+    return named_space(config.space).including(presets)
+
+
+def open_worker_run(storage_url: str, study_name: str, overrides: dict | None = None,
+                    is_valid: Callable[[Genome], bool] | None = None, log: Log = print) -> Run:
+    """Join an existing study (``kdzero worker``): its config comes from the study itself."""
+    storage = studies.make_storage(storage_url)
+    probe = studies.load_study(storage, study_name)
+    saved = probe.user_attrs.get(studies.CONFIG_ATTR)
+    if saved is None:
+        raise ConfigError(f"study {study_name!r} was not created by kdzero search")
+    config = SearchConfig.from_dict(saved, source=f"study {study_name}").with_overrides(overrides or {})
+    space = space_from_choices(probe.user_attrs[studies.SPACE_ATTR])
+    sampler = create_sampler(config.sampler, space, seed=config.seed,
+                             population_size=config.population, guided=config.guided,
+                             adaptive_shrink=config.adaptive_shrink, is_valid=is_valid, log=log)
+    return Run(config, storage, studies.load_study(storage, study_name, sampler))
+
+
+BASELINE_ATTR = "kdzero_baseline"
+
+
+def ensure_baseline(run: Run, task: ProxyTask, observer: SearchObserver | None = None) -> ProxyResult:
+    """The CE-only student's proxy result and CE curve: read from the study, or computed once and stored there
+    so that every worker's divergence check uses the same reference."""
+    stored = run.study.user_attrs.get(BASELINE_ATTR)
+    if stored is not None and len(stored.get("ce_curve", [])) == task.config.steps:
+        task.set_baseline(ProxyResult.from_dict(stored["result"]), stored["ce_curve"])
+    else:
+        if observer is not None:
+            observer.log("training the CE-only student once: the reference every distiller must beat")
+        result = evaluate(task, [None], on_step=observer.step if observer else None)[0]
+        run.study.set_user_attr(BASELINE_ATTR, {"result": result.to_dict(), "ce_curve": task.baseline_ce_curve()})
+    return task.baseline()
+
+
+def remaining_trials(study: optuna.Study, budget: int) -> int:
+    """How many more trials may start now: the budget minus finished and running ones."""
+    count = studies.counts(study.get_trials(deepcopy=False))
+    used = count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED] + \
+        count[optuna.trial.TrialState.RUNNING]
+    return budget - used
+
+
+def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None,
+               group_size: int | None = None) -> int:
+    """Evaluate trials until the study reaches its planned number of finished trials; returns how many this
+    worker evaluated. Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
+    observer = observer or SearchObserver()
+    study, budget = run.study, int(run.study.user_attrs.get(studies.BUDGET_ATTR, run.config.trials))
+    group_size = group_size or run.config.group_size
+    recovered = studies.recover_dead_trials(study)
+    if recovered:
+        observer.log(f"re-queued trials {', '.join(map(str, recovered))} of a worker that died")
+    evaluated = 0
+    with studies.Heartbeat(study) as heartbeat:
+        while True:
+            room = remaining_trials(study, budget)
+            if room <= 0:
+                break
+            trials = [study.ask() for _ in range(min(group_size, room))]
+            try:
+                evaluated += _evaluate_group(study, task, trials, heartbeat, observer)
+            except BaseException:
+                _abandon(study, trials)
+                raise
+            if studies.recover_dead_trials(study):
+                observer.log("re-queued the trials of a worker that died")
+    return evaluated
+
+
+def _evaluate_group(study: optuna.Study, task: ProxyTask, trials: list[optuna.Trial],
+                    heartbeat: studies.Heartbeat, observer: SearchObserver) -> int:
+    worker = studies.worker_id()
+    genomes: list[Genome] = []
+    for trial in trials:
+        trial.set_user_attr("worker", worker)
+        heartbeat.trial_ids.add(trial._trial_id)
+        genomes.append(suggest_genome(trial))
+    heartbeat.beat()
+    known = studies.finished_by_key(study.get_trials(deepcopy=False))
+    fresh: dict[str, Genome] = {}
+    for genome in genomes:
+        if genome.key not in known:
+            fresh.setdefault(genome.key, genome)
+    observer.trials_started([t.number for t in trials], genomes)
+    start = time.perf_counter()
+    results = dict(zip(fresh, evaluate(task, list(fresh.values()), on_step=observer.step)))
+    wall = time.perf_counter() - start
+    first_trial_of_key: dict[str, int] = {}
+    for trial, genome in zip(trials, genomes):
+        if genome.key in known:
+            studies.copy_result(study, trial, known[genome.key])
+            observer.trial_finished(trial.number, genome, ProxyResult.from_dict(known[genome.key].user_attrs),
+                                    known[genome.key].number)
+        elif genome.key in first_trial_of_key:
+            source = study.get_trials(deepcopy=False)[first_trial_of_key[genome.key]]
+            studies.copy_result(study, trial, source)
+            observer.trial_finished(trial.number, genome, results[genome.key], source.number)
+        else:
+            first_trial_of_key[genome.key] = trial.number
+            result = results[genome.key]
+            studies.tell_result(study, trial, genome.key, result,
+                                {"genome": str(genome), "group_size": len(fresh), "group_wall": wall})
+            observer.trial_finished(trial.number, genome, result, None)
+        heartbeat.trial_ids.discard(trial._trial_id)
+    return len(fresh)
+
+
+def _abandon(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+    """Interrupted mid-group: fail the unfinished trials and enqueue their genomes again."""
+    for trial in trials:
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == optuna.trial.TrialState.RUNNING and studies._fail(study._storage, trial._trial_id):
+            study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+
+
+def validity_checker(task: ProxyTask) -> Callable[[Genome], bool]:
+    """Static validity against the task's teacher/student shapes, for samplers that can use it."""
+    return lambda genome: genome.is_valid(task.student_shapes, task.teacher_shapes)
+
+
+def check_device_list(config: SearchConfig) -> list[str]:
+    """One device per worker: ``devices`` cycled over ``workers``, or ``device`` for all."""
+    devices = config.devices or [config.device]
+    for device in devices:
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return [devices[i % len(devices)] for i in range(config.workers)]
+
+
+__all__ = ["Run", "SearchObserver", "build_task", "check_device_list", "check_run_dir", "configure_torch",
+           "ensure_baseline", "open_worker_run", "prepare_run", "remaining_trials", "run_worker", "validity_checker"]

@@ -1,0 +1,231 @@
+"""The study: opening it, recording results in it, and keeping it whole when workers die.
+
+A trial's params are the genome's genes; its user attrs hold the genome text, canonical key, proxy metrics,
+timings and the worker (``host:pid``) that ran it. Complete genomes are COMPLETE trials valued by their score
+(lower is better); rejected genomes are PRUNED trials with their stage and reason.
+
+Dead workers: a RUNNING trial whose worker process is gone (same host: the pid no longer exists; any host: no
+heartbeat for ``GRACE_PERIOD`` seconds) is marked FAIL and its genome is enqueued again, once. Nothing finished
+is lost and nothing stays RUNNING.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from kdzero.errors import ConfigError
+from kdzero.proxy import ProxyResult
+from kdzero.search.evolution import trial_key
+from kdzero.search.space import genome_to_params, space_choices
+
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 60
+CONFIG_ATTR = "kdzero_config"
+SPACE_ATTR = "kdzero_space_choices"
+BUDGET_ATTR = "kdzero_trials"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# We drive heartbeats ourselves (``Heartbeat``) because workers use ask/tell, which Optuna's warning assumes not.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats, for SQLite files and any SQLAlchemy URL (PostgreSQL for many machines)."""
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL,
+                          grace_period=GRACE_PERIOD)
+    except ImportError as exc:
+        raise ConfigError(f"storage {url.split(':')[0]!r} needs a database driver: {exc} "
+                          f"(for PostgreSQL: pip install 'kdzero[postgres]')") from None
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open storage {_redact(url)}: {first_line}") from None
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def create_or_load_study(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """The study ``name`` in ``storage``, created (minimising the score) if it does not exist."""
+    try:
+        return optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize",
+                                   load_if_exists=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot open study {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load_study(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """An existing study; a missing one is a clear error listing the studies that exist."""
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        raise ConfigError(f"no study {name!r} in this storage; it has: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+
+def initialise(study: optuna.Study, config_dict: dict, space, budget: int, presets: Iterable = ()) -> None:
+    """Record the run's config, space and budget in a new study and enqueue the presets (once)."""
+    if CONFIG_ATTR in study.user_attrs:
+        return
+    study.set_user_attr(CONFIG_ATTR, json.loads(json.dumps(config_dict)))
+    study.set_user_attr(SPACE_ATTR, space_choices(space))
+    study.set_user_attr(BUDGET_ATTR, budget)
+    for genome in presets:
+        study.enqueue_trial(genome_to_params(genome), user_attrs={"origin": "preset"}, skip_if_exists=True)
+
+
+def counts(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
+    """Number of trials in each state."""
+    result = {state: 0 for state in TrialState}
+    for trial in trials:
+        result[trial.state] += 1
+    return result
+
+
+def finished_by_key(trials: Iterable[FrozenTrial]) -> dict[str, FrozenTrial]:
+    """The first finished (complete or rejected) trial of every canonical key that was actually evaluated."""
+    found: dict[str, FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.state in FINISHED and "duplicate_of" not in trial.user_attrs:
+            key = trial_key(trial)
+            if key and key not in found:
+                found[key] = trial
+    return found
+
+
+def tell_result(study: optuna.Study, trial: optuna.Trial, key: str, result: ProxyResult,
+                extra: dict | None = None) -> None:
+    """Store a proxy result on its trial and finish it: COMPLETE with the score, or PRUNED if rejected."""
+    attrs = {**result.to_dict(), "key": key, **(extra or {})}
+    for name, value in attrs.items():
+        trial.set_user_attr(name, value)
+    if result.rejected:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, result.score)
+
+
+def copy_result(study: optuna.Study, trial: optuna.Trial, source: FrozenTrial) -> None:
+    """Finish ``trial`` with the result of ``source`` (same canonical key): the genome is not trained again."""
+    for name, value in source.user_attrs.items():
+        if name not in ("worker", "origin", "retry_of"):
+            trial.set_user_attr(name, value)
+    trial.set_user_attr("duplicate_of", source.number)
+    trial.set_user_attr("seconds", 0.0)
+    if source.state == TrialState.COMPLETE:
+        study.tell(trial, source.value)
+    else:
+        study.tell(trial, state=TrialState.PRUNED)
+
+
+def _heartbeats(storage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def _fail(storage, trial_id: int) -> bool:
+    """Set a trial to FAIL; False if another worker finished or failed it first."""
+    try:
+        return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-enqueue (once) every RUNNING trial whose worker is dead; returns their numbers.
+
+    Dead means: on this host, its pid no longer exists (immediate, e.g. after kill -9 and a re-run); on any
+    host, its heartbeat is older than the grace period (Optuna's stale-trial check).
+    """
+    storage = study._storage
+    host = socket.gethostname()
+    recovered: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("worker", ""))
+        worker_host, _, pid = worker.rpartition(":")
+        if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if _fail(storage, trial._trial_id):
+                recovered.append(trial.number)
+    if _heartbeats(storage):
+        recovered += _fail_stale(study)
+    for number in sorted(set(recovered)):
+        failed = study.get_trials(deepcopy=False)[number]
+        if failed.user_attrs.get("retry_of") is not None:
+            continue  # a retry that died too is not run a third time
+        study.enqueue_trial(failed.params, user_attrs={"retry_of": number})
+    return sorted(set(recovered))
+
+
+def _fail_stale(study: optuna.Study) -> list[int]:
+    storage = study._storage
+    stale_ids = storage._get_stale_trial_ids(study._study_id)  # Optuna's own stale query (no public form)
+    failed = []
+    for trial_id in stale_ids:
+        if _fail(storage, trial_id):
+            failed.append(storage.get_trial_number_from_id(trial_id))
+    return failed
+
+
+class Heartbeat:
+    """A daemon thread that records a heartbeat for the trials this worker is running (ask/tell has none)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.storage = study._storage
+        self.trial_ids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._enabled = _heartbeats(self.storage)
+
+    def __enter__(self) -> Heartbeat:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        """Record a heartbeat for every tracked trial now."""
+        if self._enabled:
+            for trial_id in list(self.trial_ids):
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # a transient storage error must not kill the worker; the next beat retries
+                    continue
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            self.beat()

@@ -122,6 +122,15 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(digits, tmp_path)
     assert saved["epochs_done"] == 3 and saved["last_acc"] == resumed.last_acc
 
 
+def test_resuming_a_finished_run_trains_nothing_and_returns_its_numbers(digits, tmp_path):
+    first = train_model(TinyNet(), digits, TrainConfig(epochs=2), run_dir=tmp_path, progress=False)
+    lines: list[str] = []
+    again = train_model(TinyNet(), digits, TrainConfig(epochs=2), run_dir=tmp_path, resume=True, progress=False,
+                        log=lines.append)
+    assert (again.best_acc, again.last_acc, again.history) == (first.best_acc, first.last_acc, first.history)
+    assert lines == [f"resumed from {tmp_path / 'last.pt'} after epoch 2"]
+
+
 def test_resume_refuses_changed_settings(digits, tmp_path):
     train_model(TinyNet(), digits, TrainConfig(epochs=1), run_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"lr 0\.05 -> 0\.1"):

@@ -199,13 +199,25 @@ def _evaluate_group(study: optuna.Study, task: ProxyTask, trials: list[optuna.Tr
     for trial in trials:
         trial.set_user_attr("worker", worker)
         heartbeat.trial_ids.add(trial._trial_id)
-        genomes.append(suggest_genome(trial))
+        genome = suggest_genome(trial)
+        trial.set_user_attr("key", genome.key)
+        genomes.append(genome)
     heartbeat.beat()
-    known = studies.finished_by_key(study.get_trials(deepcopy=False))
+    all_trials = study.get_trials(deepcopy=False)
+    known = studies.finished_by_key(all_trials)
+    mine = {t.number for t in trials}
+    elsewhere = {studies.trial_key(t): t.number for t in sorted(all_trials, key=lambda t: -t.number)
+                 if t.state == optuna.trial.TrialState.RUNNING and t.number not in mine}
     fresh: dict[str, Genome] = {}
-    for genome in genomes:
-        if genome.key not in known:
-            fresh.setdefault(genome.key, genome)
+    for trial, genome in zip(trials, genomes):
+        if genome.key in known:
+            continue
+        if genome.key in elsewhere and elsewhere[genome.key] < trial.number:
+            source = _wait_for(study, elsewhere[genome.key], heartbeat)
+            if source is not None:
+                known[genome.key] = source
+                continue
+        fresh.setdefault(genome.key, genome)
     observer.trials_started([t.number for t in trials], genomes)
     start = time.perf_counter()
     results = dict(zip(fresh, evaluate(task, list(fresh.values()), on_step=observer.step)))
@@ -228,6 +240,22 @@ def _evaluate_group(study: optuna.Study, task: ProxyTask, trials: list[optuna.Tr
             observer.trial_finished(trial.number, genome, result, None)
         heartbeat.trial_ids.discard(trial._trial_id)
     return len(fresh)
+
+
+def _wait_for(study: optuna.Study, number: int, heartbeat: studies.Heartbeat,
+              poll: float = 0.5) -> optuna.trial.FrozenTrial | None:
+    """Wait for another worker's trial ``number`` (same canonical genome) to finish; its result is reused.
+    Returns None if it failed instead (its worker died), in which case the caller evaluates the genome."""
+    while True:
+        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, number))
+        if trial.state in studies.FINISHED:
+            return trial
+        if trial.state == optuna.trial.TrialState.FAIL:
+            return None
+        heartbeat.beat()
+        studies.recover_dead_trials(study)
+        time.sleep(poll)
 
 
 def _abandon(study: optuna.Study, trials: list[optuna.Trial]) -> None:

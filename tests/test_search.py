@@ -217,7 +217,7 @@ def _check_whole(study: optuna.Study, budget: int) -> None:
 
 def test_search_killed_mid_trial_resumes_without_losing_or_repeating_trials(tiny_run, tmp_path):
     runs = tmp_path / "runs"
-    args = ["--config", str(tiny_run["config"]), "--name", "killed", "--steps", "400"]
+    args = ["--config", str(tiny_run["config"]), "--name", "killed", "--steps", "150"]
     proc = _search(args, runs)
     deadline = time.time() + 120
     before: dict[int, float] = {}
@@ -259,3 +259,13 @@ def test_two_workers_share_one_population_and_never_train_a_genome_twice(tiny_ru
     _check_whole(study, budget=10)
     workers = {t.user_attrs.get("worker") for t in study.get_trials() if "duplicate_of" not in t.user_attrs}
     assert len(workers) == 2, workers
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_configs_load_and_name_real_models(path: Path):
+    from kdzero.models import list_models
+    from kdzero.search.config import load_config
+
+    config = load_config(path)
+    assert config.teacher in list_models() and config.student in list_models()
+    assert config.name == path.stem

@@ -30,6 +30,8 @@ COLUMNS = ("rank", "trial", "genome", "score", "val_acc", "val_ce", "s_gap", "ck
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "rejected", TrialState.FAIL: "failed",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 BASELINE_ATTR = "kdzero_baseline"  # written by kdzero.search.runner.ensure_baseline
+# What the rank column shows for unranked rows, so that their state reads even where the state column is left out.
+RANK_MARKS = {"rejected": "rej", "failed": "fail", "running": "run", "waiting": "wait"}
 FOLD_MIN = 20  # the narrowest a folding column (rejection reasons) is squeezed to
 
 
@@ -185,14 +187,14 @@ def _table_width(columns: list[_Column]) -> int:
 class LeaderboardTable:
     """A leaderboard DataFrame as a rich renderable that fits the width it is drawn in: genome texts stay on one
     line, and where the console is too narrow the least important columns are left out (trial number first,
-    then seconds, CKA-gap, S-gap, CE, state, reason). State and reason columns appear only when some row is not
-    a plain complete trial."""
+    then seconds, CKA-gap, S-gap, CE, state, reason, accuracy). State and reason columns appear only when some
+    row is not a plain complete trial. Unranked rows show their state in the rank column (rej, fail, dup, run, wait)."""
 
     columns: list[_Column]
     styles: list[str]
     title: str
     baseline_row: bool = False
-    drop_order: tuple[str, ...] = field(default=("trial", "s", "CKA-gap", "S-gap", "CE", "state", "reason"))
+    drop_order: tuple[str, ...] = field(default=("trial", "s", "CKA-gap", "S-gap", "CE", "state", "reason", "acc %"))
 
     def fitted_columns(self, width: int) -> list[_Column]:
         """The columns kept for a console ``width`` characters wide: drop in ``drop_order`` until the rest fits,
@@ -244,8 +246,13 @@ def rich_table(df: pd.DataFrame, title: str = "leaderboard", baseline: dict | No
             return f"{row.stage}: {row.reason}" if row.stage else row.reason
         return "" if pd.isna(row.duplicate_of) else f"same as trial {row.duplicate_of}"
 
+    def rank(row) -> str:
+        if not pd.isna(row.rank):
+            return str(row.rank)
+        return "dup" if not pd.isna(row.duplicate_of) else RANK_MARKS.get(row.state, "-")
+
     columns = [
-        _Column("rank", [_fmt(r.rank) for r in rows]),
+        _Column("rank", [rank(r) for r in rows]),
         _Column("trial", [str(r.trial) for r in rows]),
         _Column("genome", [r.genome or "-" for r in rows], justify="left"),
         _Column("score", [_fmt(r.score) for r in rows]),

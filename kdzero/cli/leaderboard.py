@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             with _open(args.output) as handle:
                 Console(file=handle, width=160, color_system=None).print(table)
     else:
-        text = df.to_csv(index=False) if args.format == "csv" else df.to_json(orient="records", indent=2) + "\n"
+        text = df.to_csv(index=False) if args.format == "csv" else \
+            df.to_json(orient="records", indent=2, double_precision=15) + "\n"
         if args.output is None:
             sys.stdout.write(text)
         else:

@@ -310,7 +310,7 @@ def _docstring(genome: Genome, run: str | Path | None, rank: int | None, connect
     origin = f"rank {rank} of search run {run}" if run is not None else "given as text"
     if connector:
         args = "" if widths else "student_width=64, teacher_width=256"
-        usage = [f"    distiller = Distiller({args})  # optimise distiller.parameters() with the student's"]
+        usage = [f"    distiller = Distiller({args})  # optimise its parameters with the student"]
     else:
         usage = ["    distiller = Distiller()"]
     tensors_ok = genome.weight == "no" or genome.input == "logit"

@@ -123,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(title=escape(f"best students for {teacher_name} on {data.name} (DisWOT, higher is better)"),
                   title_justify="left")
-    for column in ("rank", "student", "DisWOT", "relation", "semantic", "params", "FLOPs"):
-        table.add_column(column, justify="left" if column == "student" else "right")
+    table.add_column("rank", justify="right")
+    table.add_column("student", overflow="fold")  # the full text: it is what replay takes
+    for column in ("DisWOT", "relation", "semantic", "params", "FLOPs"):
+        table.add_column(column, justify="right")
     for rank, member in enumerate(result.best(args.top), start=1):
         r = search.results[str(member.arch)]
         table.add_row(str(rank), escape(r.arch), f"{r.score:.5f}", f"{r.relation:.5f}", f"{r.semantic:.5f}",

@@ -25,3 +25,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """A random-init digits teacher checkpoint and a TOML config with a tiny proxy budget."""
+    from kdzero.models import create_model
+
+    folder = tmp_path_factory.mktemp("search")
+    torch.manual_seed(0)
+    teacher = create_model("resnet8", num_classes=10, in_chans=1)
+    ckpt = folder / "teacher.pt"
+    torch.save(teacher.state_dict(), ckpt)
+    config = folder / "tiny.toml"
+    config.write_text(f"""
+teacher = "resnet8"
+teacher_ckpt = "{ckpt.as_posix()}"
+student = "resnet8"
+population = 4
+iterations = 6
+presets = false
+[proxy]
+steps = 12
+batch_size = 32
+num_views = 1
+sharpness_samples = 64
+cka_samples = 64
+""")
+    return {"folder": folder, "config": config}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from kdzero.genome import GENES, SHRUNK_SPACE, Genome
@@ -167,34 +166,6 @@ def test_adaptive_shrinkage_drops_an_op_whose_genomes_always_fail():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> dict:
-    """A random-init digits teacher checkpoint and a TOML config with a tiny proxy budget."""
-    from kdzero.models import create_model
-
-    folder = tmp_path_factory.mktemp("search")
-    torch.manual_seed(0)
-    teacher = create_model("resnet8", num_classes=10, in_chans=1)
-    ckpt = folder / "teacher.pt"
-    torch.save(teacher.state_dict(), ckpt)
-    config = folder / "tiny.toml"
-    config.write_text(f"""
-teacher = "resnet8"
-teacher_ckpt = "{ckpt.as_posix()}"
-student = "resnet8"
-population = 4
-iterations = 6
-presets = false
-[proxy]
-steps = 12
-batch_size = 32
-num_views = 1
-sharpness_samples = 64
-cka_samples = 64
-""")
-    return {"folder": folder, "config": config}
-
-
 def _search(args: list[str], runs: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
     return subprocess.Popen([sys.executable, "-m", "kdzero", "search", "--runs-dir", str(runs), "--quiet", *args],
@@ -252,11 +223,11 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating_trials(tiny
 def test_two_workers_share_one_population_and_never_train_a_genome_twice(tiny_run, tmp_path):
     runs = tmp_path / "runs"
     proc = _search(["--config", str(tiny_run["config"]), "--name", "pair", "--workers", "2", "--sampler",
-                    "random", "--space", "kd-grid"], runs)
-    output, _ = proc.communicate(timeout=300)
+                    "random", "--space", "kd-grid", "--iterations", "16", "--steps", "150"], runs)
+    output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output
     study = _study(runs, "pair")
-    _check_whole(study, budget=10)
+    _check_whole(study, budget=20)
     workers = {t.user_attrs.get("worker") for t in study.get_trials() if "duplicate_of" not in t.user_attrs}
     assert len(workers) == 2, workers
 

@@ -157,6 +157,15 @@ def ensure_baseline(run: Run, task: ProxyTask, observer: SearchObserver | None =
     return task.baseline()
 
 
+WAIT_POLL = 1.0
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count towards the budget: complete or rejected."""
+    count = studies.counts(study.get_trials(deepcopy=False))
+    return count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED]
+
+
 def remaining_trials(study: optuna.Study, budget: int) -> int:
     """How many more trials may start now: the budget minus finished and running ones."""
     count = studies.counts(study.get_trials(deepcopy=False))
@@ -177,16 +186,19 @@ def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None
         observer.log(f"re-queued trials {', '.join(map(str, recovered))} of a worker that died")
     evaluated = 0
     with studies.Heartbeat(study) as heartbeat:
-        while True:
+        while finished_trials(study) < budget:
             room = remaining_trials(study, budget)
             if room <= 0:
-                break
-            trials = [study.ask() for _ in range(min(group_size, room))]
-            try:
-                evaluated += _evaluate_group(study, task, trials, heartbeat, observer)
-            except BaseException:
-                _abandon(study, trials)
-                raise
+                # Other workers hold the last trials; one of them may be dead, so wait and recover rather
+                # than leave its trial unfinished.
+                time.sleep(WAIT_POLL)
+            else:
+                trials = [study.ask() for _ in range(min(group_size, room))]
+                try:
+                    evaluated += _evaluate_group(study, task, trials, heartbeat, observer)
+                except BaseException:
+                    _abandon(study, trials)
+                    raise
             if studies.recover_dead_trials(study):
                 observer.log("re-queued the trials of a worker that died")
     return evaluated

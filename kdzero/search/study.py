@@ -27,8 +27,8 @@ from kdzero.proxy import ProxyResult
 from kdzero.search.evolution import trial_key
 from kdzero.search.space import genome_to_params, space_choices
 
-HEARTBEAT_INTERVAL = 10
-GRACE_PERIOD = 60
+HEARTBEAT_INTERVAL = int(os.environ.get("KDZERO_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD = int(os.environ.get("KDZERO_GRACE_PERIOD", "60"))
 CONFIG_ATTR = "kdzero_config"
 SPACE_ATTR = "kdzero_space_choices"
 BUDGET_ATTR = "kdzero_trials"
@@ -45,8 +45,19 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; use psycopg2 when only it is installed."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def make_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats, for SQLite files and any SQLAlchemy URL (PostgreSQL for many machines)."""
+    url = _with_installed_driver(url)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -143,7 +154,8 @@ def copy_result(study: optuna.Study, trial: optuna.Trial, source: FrozenTrial) -
 
 
 def _heartbeats(storage) -> bool:
-    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+    """Whether ``storage`` (an RDBStorage or Optuna's caching wrapper around one) records heartbeats."""
+    return callable(getattr(storage, "get_heartbeat_interval", None)) and storage.get_heartbeat_interval() is not None
 
 
 def _fail(storage, trial_id: int) -> bool:

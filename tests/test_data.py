@@ -226,7 +226,7 @@ def test_cifar10_loads_from_torchvision_layout(tmp_path):
 
 
 def test_cifar_missing_root_says_what_to_pass(tmp_path):
-    with pytest.raises(DataError, match="--data-root.*--download.*internet") as err:
+    with pytest.raises(DataError, match=r"--data-root.*--download.*internet") as err:
         load_dataset("cifar100", root=tmp_path / "nowhere")
     assert "cifar-100-python" in str(err.value) and "\n" not in str(err.value)
 

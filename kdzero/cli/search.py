@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("proxy")
     g.add_argument("--steps", type=int, dest="proxy.steps", metavar="N", help="training steps per candidate")
     g.add_argument("--batch-size", type=int, dest="proxy.batch_size", metavar="N", help="proxy batch size")
-    g.add_argument("--views", type=int, dest="proxy.num_views", metavar="V", help="augmented views cached for the teacher")
+    g.add_argument("--views", type=int, dest="proxy.num_views", metavar="V",
+                   help="augmented views cached for the teacher")
     g.add_argument("--train-subset", type=int, dest="proxy.train_subset", metavar="N",
                    help="images per class in the proxy train split (default: all)")
     g.add_argument("--bf16", action="store_true", default=None, dest="proxy.bf16", help="bf16 autocast on CUDA")

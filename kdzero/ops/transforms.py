@@ -244,7 +244,8 @@ def _register_local(cells: int) -> None:
     local.__doc__ = (
         f"Local contrast on a {cells}x{cells} grid: subtracts from every position the mean of its grid cell, "
         f"per channel, so only structure within each region remains. Cells are contiguous and cover any size "
-        f"(7x7 split as 2+2+2+1 for s4); a map with one position per cell would give all zeros, so validation rejects it."
+        f"(7x7 split as 2+2+2+1 for s4); a map with one position per cell would give all zeros, so validation "
+        f"rejects it."
     )
     register(f"local_s{cells}", formula=f"x - mean over its cell of a {cells}x{cells} grid",
              ranks=frozenset({3, 4}), idempotent=True,

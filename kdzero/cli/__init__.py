@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kdzero.errors import KdzeroError
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except KdzeroError as exc:
         print(f"kdzero {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``kdzero leaderboard ... | head``): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"kdzero {args.command}: interrupted; finished work is saved, re-run the command to resume.",
               file=sys.stderr)

@@ -8,9 +8,9 @@ subset of CIFAR-10 JPEG and evaluated on a class-balanced test subset. Printed a
 Spearman and Kendall rank correlations of accuracy with the DisWOT score (and, as a baseline, with the
 parameter count).
 
-The budget is small on purpose (one CPU thread, about 15 minutes): no augmentation, so the teacher's outputs are
-computed once per training image and cached; SGD momentum 0.9, lr 0.05 with cosine decay, weight decay 5e-4,
-batch 64. Accuracies after so short a schedule are noisy, and the correlations are only indicative.
+The budget is small on purpose (one CPU thread; 24 min wall on a busy 2-core machine): no augmentation, so the
+teacher's outputs are computed once per training image and cached; SGD momentum 0.9, lr 0.05 with cosine decay,
+weight decay 5e-4, batch 64. Accuracies after so short a schedule are noisy, and the correlations are only indicative.
 
     python experiments/diswot_correlation.py                   # defaults below
     python experiments/diswot_correlation.py --students 8 --epochs 3

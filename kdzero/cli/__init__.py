@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: a library error may list details on further lines (a checkpoint that does not
+    fit lists its missing and unexpected keys); the command line joins them so that stderr holds one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else "unknown error"
+    for line in lines[1:]:
+        text += (" " if text.endswith((":", "?", ".")) else "; ") + line
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KdzeroError as exc:
-        print(f"kdzero {args.command}: error: {exc}", file=sys.stderr)
+        print(f"kdzero {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``kdzero leaderboard ... | head``): stop quietly, as Unix tools do.

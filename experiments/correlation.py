@@ -1,0 +1,396 @@
+"""Do the proxy metrics predict the accuracy a distiller reaches after full training? (KD-Zero supp. Table 1)
+
+N random genomes of ``SHRUNK_SPACE`` (seeded; statically valid for the teacher/student pair and not rejected by
+the proxy: rejected ones are counted and replaced by fresh draws) plus the presets that the proxy accepts are
+proxy-scored (``kdzero.proxy.evaluate``: ``val_ce``, ``s_gap``, ``cka_gap``), then each genome trains a fresh,
+identically initialised student with CE + UnifiedLoss(genome) for a longer budget (``kdzero.train.train_model``).
+Printed and written to ``<out>/correlation_<dataset>.{csv,md}``: per genome the proxy metrics and the final
+top-1; and the Pearson, Spearman and Kendall correlations between final top-1 and each of -CE, -S-gap,
+-CKA-gap, -(CE+S-gap), -(CE+CKA-gap), -(all three), the sums weighted by the ``ScoreWeights`` in force.
+
+Sign convention: every proxy metric is lower-is-better, so it is negated before correlating; a positive
+coefficient means "a lower metric goes with a higher final accuracy", i.e. the metric predicts accuracy.
+
+Pairs and budgets:
+
+* ``digits``: teacher resnet20 (trained once by ``ensure_teacher``), student resnet8; proxy on the full
+  digits train split; full training ``--train-epochs`` epochs (default 30, the digits schedule) on all of it;
+  top-1 on the test split. A few minutes on one CPU thread.
+* ``cifar10jpeg``: akamaster's pretrained ResNet-56 teacher (``resnet56a``), student ``resnet20a``, ImageNet
+  normalisation; a REDUCED CPU budget: proxy on ``--proxy-subset`` training images (class-balanced), validation
+  metrics on ``--proxy-val`` validation images; full training for ``--train-epochs`` epochs on a
+  ``--train-subset``-image class-balanced training subset (CRD schedule shape scaled to those epochs, batch 64,
+  crop + flip), top-1 on a ``--test-subset``-image class-balanced test subset. The budget is written into the
+  markdown output.
+
+Partial results are written as they come: ``correlation_<dataset>_proxy.json`` holds the sampled genomes and
+their proxy results, the CSV gets one row per trained genome, and a rerun with the same settings skips what is
+already done (``--fresh`` starts over). ``--calibrate A.csv B.csv`` instead grid-searches ``ScoreWeights``
+(ce fixed at 1) for the largest mean Spearman between -score and final top-1 over the given runs.
+
+    python experiments/correlation.py --dataset digits --genomes 12
+    python experiments/correlation.py --dataset cifar10jpeg --genomes 8 --proxy-steps 150 --train-epochs 3
+    python experiments/correlation.py --calibrate experiments/results/correlation_digits.csv \\
+        experiments/results/correlation_cifar10jpeg.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+from kdzero.data import proxy_subset
+from kdzero.genome import SHRUNK_SPACE, Genome
+from kdzero.loss import UnifiedLoss
+from kdzero.models import create_model, load_checkpoint
+from kdzero.presets import PRESETS
+from kdzero.proxy import ProxyConfig, ProxyResult, ProxyTask, evaluate
+from kdzero.scoring import ScoreWeights
+from kdzero.train import TrainConfig, ensure_teacher, load_data, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+TEACHER_CKPT = SHARED / "teachers" / "akamaster-cifar10" / "resnet56-4bfd9763.th"
+ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
+CSV_FIELDS = ["name", "genome", "val_ce", "val_acc", "sharpness", "s_gap", "cka_gap", "score", "proxy_s",
+              "best_acc", "last_acc", "train_s"]
+PREDICTORS = [("-CE", ("val_ce",)), ("-S-gap", ("s_gap",)), ("-CKA-gap", ("cka_gap",)),
+              ("-(CE+S-gap)", ("val_ce", "s_gap")), ("-(CE+CKA-gap)", ("val_ce", "cka_gap")),
+              ("-(CE+S-gap+CKA-gap)", ("val_ce", "s_gap", "cka_gap"))]
+WEIGHT_FIELD = {"val_ce": "ce", "s_gap": "s_gap", "cka_gap": "cka_gap"}
+GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def ensure_cifar10_jpeg(folder: Path) -> Path:
+    """Extract the shared CIFAR-10 JPEG archive into ``folder`` (train/<class>/, test/<class>/) unless present."""
+    if not (folder / "train").is_dir() or not (folder / "test").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "xzf", str(ARCHIVE), "-C", str(folder)], check=True)
+    return folder
+
+
+def setup(args: argparse.Namespace):
+    """(proxy data, full-training data, teacher, student name, budget note) of the chosen pair."""
+    if args.dataset == "digits":
+        data = load_data("digits")
+        checkpoint = ensure_teacher("resnet20", data, progress=False, log=log)
+        teacher = create_model("resnet20", num_classes=data.num_classes, in_chans=data.in_chans)
+        load_checkpoint(teacher, checkpoint)
+        student = "resnet8"
+        proxy_data, train_data = data, data
+        if args.train_subset:
+            train_data = replace(data, train=proxy_subset(data.train, per_class=args.train_subset // 10))
+        note = (f"digits, teacher resnet20 (trained by ensure_teacher), student resnet8; proxy: "
+                f"{args.proxy_steps} steps, batch 64, {len(data.train)} train / {len(data.val)} val images; full "
+                f"training: {args.train_epochs} epochs of the CRD schedule shape (batch 64, lr 0.05, milestones "
+                f"scaled) on {len(train_data.train)} train images, top-1 on {len(data.test)} test images")
+    else:
+        folder = ensure_cifar10_jpeg(args.data)
+        data = load_data(f"imagefolder:{folder}", normalize="imagenet")
+        teacher = create_model("resnet56a", num_classes=10)
+        load_checkpoint(teacher, TEACHER_CKPT)
+        student = "resnet20a"
+        proxy_data = replace(data, val=proxy_subset(data.val, per_class=args.proxy_val // data.num_classes,
+                                                    seed=args.seed))
+        train_data = replace(data, train=proxy_subset(data.train, per_class=args.train_subset // data.num_classes,
+                                                      seed=args.seed),
+                             test=proxy_subset(data.test, per_class=args.test_subset // data.num_classes,
+                                               seed=args.seed))
+        note = (f"CIFAR-10 JPEG, teacher resnet56a (akamaster, pretrained), student resnet20a, ImageNet "
+                f"normalisation; REDUCED CPU budget, 1 thread: proxy {args.proxy_steps} steps at batch 64 on "
+                f"{args.proxy_subset} class-balanced train images (2 augmented views), val metrics on "
+                f"{len(proxy_data.val)} val images; full training {args.train_epochs} epochs (CRD schedule shape, "
+                f"batch 64, lr 0.05, crop+flip) on a {len(train_data.train)}-image class-balanced train subset, "
+                f"top-1 on a {len(train_data.test)}-image class-balanced test subset")
+    return proxy_data, train_data, teacher, student, note
+
+
+def proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    subset = None if args.dataset == "digits" or not args.proxy_subset else args.proxy_subset // 10
+    return ProxyConfig(steps=args.proxy_steps, num_views=args.views, train_subset=subset, seed=args.seed)
+
+
+# ------------------------------------------------------------------------------------------------ proxy stage
+
+
+def sample_and_score(task: ProxyTask, args: argparse.Namespace, state: dict, state_path: Path) -> None:
+    """Fill ``state`` with the presets' and ``args.genomes`` accepted random genomes' proxy results."""
+    def save() -> None:
+        state_path.write_text(json.dumps(state, indent=1) + "\n")
+
+    shapes = task.student_shapes, task.teacher_shapes
+    if "baseline" not in state:
+        base = task.baseline()
+        state["baseline"] = base.to_dict()
+        save()
+        log(f"CE-only student: val CE {base.val_ce:.4f} s_gap {base.s_gap:.4f} cka_gap {base.cka_gap:.4f}")
+    if "presets" not in state:
+        names = [n for n, g in PRESETS.items() if g.is_valid(*shapes)]
+        state["static_invalid_presets"] = [n for n in PRESETS if n not in names]
+        results = evaluate(task, [PRESETS[n] for n in names])
+        state["presets"] = {n: r.to_dict() for n, r in zip(names, results)}
+        save()
+        for n, r in zip(names, results):
+            log(f"preset {n:7s} {r.status:9s} score {r.score:.4f} {r.reason}")
+    rng = random.Random(args.seed)
+    seen = set(map(str, PRESETS.values()))
+    state.setdefault("random", [])
+    state.setdefault("rejected", [])
+    state.setdefault("static_invalid", 0)
+    # Replay the draws already made, so a resumed run continues the same sequence.
+    drawn = state.get("drawn", 0)
+    for _ in range(drawn):
+        seen.add(str(Genome.random(rng, SHRUNK_SPACE)))
+    while len(state["random"]) < args.genomes:
+        need = args.genomes - len(state["random"])
+        group: list[Genome] = []
+        while len(group) < need + 1:  # one spare: some will be rejected
+            genome = Genome.random(rng, SHRUNK_SPACE)
+            state["drawn"] = state.get("drawn", 0) + 1
+            text = str(genome)
+            if text in seen:
+                continue
+            seen.add(text)
+            if not genome.is_valid(*shapes):
+                state["static_invalid"] += 1
+                continue
+            group.append(genome)
+        for genome, result in zip(group, evaluate(task, group)):
+            if result.rejected:
+                state["rejected"].append(result.to_dict())
+                log(f"rejected ({result.stage}): {genome} -- {result.reason}")
+            elif len(state["random"]) < args.genomes:
+                state["random"].append(result.to_dict())
+                log(f"accepted: {genome} score {result.score:.4f} ({result.seconds:.0f} s)")
+        save()
+
+
+# ------------------------------------------------------------------------------------------------ training stage
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in CSV_FIELDS[2:]:
+            row[key] = float(row[key])
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in CSV_FIELDS})
+
+
+def train_one(genome: Genome, data, teacher, student_name: str, shapes, args: argparse.Namespace) -> tuple:
+    torch.manual_seed(args.seed)
+    student = create_model(student_name, num_classes=data.num_classes, in_chans=data.in_chans)
+    generator = torch.Generator().manual_seed(args.seed)
+    loss = UnifiedLoss(genome, *shapes, generator=generator)
+    config = TrainConfig.crd_protocol(student_name, epochs=args.train_epochs, eval_every=args.train_epochs,
+                                      seed=args.seed)
+    started = time.perf_counter()
+    result = train_model(student, data, config, teacher=teacher, distill_loss=loss, progress=False)
+    return result.best_acc, result.last_acc, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def metric_value(row: dict, keys: tuple[str, ...], weights: ScoreWeights) -> float:
+    return sum(getattr(weights, WEIGHT_FIELD[k]) * row[k] for k in keys)
+
+
+def correlations(rows: list[dict], weights: ScoreWeights) -> list[tuple[str, float, float, float]]:
+    acc = [r["last_acc"] for r in rows]
+    out = []
+    for name, keys in PREDICTORS:
+        pred = [-metric_value(r, keys, weights) for r in rows]
+        out.append((name, stats.pearsonr(pred, acc)[0], stats.spearmanr(pred, acc)[0],
+                    stats.kendalltau(pred, acc)[0]))
+    pred = [r["val_acc"] for r in rows]
+    out.append(("+proxy val top-1 (reference)", stats.pearsonr(pred, acc)[0], stats.spearmanr(pred, acc)[0],
+                stats.kendalltau(pred, acc)[0]))
+    return out
+
+
+def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: argparse.Namespace,
+                   weights: ScoreWeights, expected: int, elapsed: float) -> str:
+    lines = [f"# Proxy metrics vs final accuracy ({args.dataset})", "", note + ".", "",
+             f"Score weights in force: ce {weights.ce:g}, s_gap {weights.s_gap:g}, cka_gap {weights.cka_gap:g}. "
+             "Sign convention: each metric is lower-is-better and is negated, so a positive coefficient means the "
+             "metric predicts accuracy. Final accuracy = top-1 (%) after the last epoch.", ""]
+    if len(rows) < expected:
+        lines += [f"**Partial: {len(rows)} of {expected} genomes trained.**", ""]
+    rejected = state.get("rejected", [])
+    preset_rej = [n for n, r in state.get("presets", {}).items() if r["status"] != "complete"]
+    lines += [f"Random genomes: {state.get('drawn', 0)} drawn, {state.get('static_invalid', 0)} statically invalid "
+              f"for the pair, {len(rejected)} rejected by the proxy (stages: "
+              f"{', '.join(sorted({r['stage'] for r in rejected})) or '-'}), {len(state.get('random', []))} "
+              f"accepted. Presets rejected by the proxy: {', '.join(preset_rej) or 'none'}; statically invalid: "
+              f"{', '.join(state.get('static_invalid_presets', [])) or 'none'}.", ""]
+    base = state.get("baseline")
+    if base:
+        lines += [f"CE-only student on the proxy: val CE {base['val_ce']:.4f}, S-gap {base['s_gap']:.4f}, "
+                  f"CKA-gap {base['cka_gap']:.4f}, val top-1 {100 * base['val_acc']:.2f}%.", ""]
+    if len(rows) >= 3:
+        lines += [f"| predictor (n={len(rows)}) | Pearson | Spearman | Kendall |", "|---|---:|---:|---:|"]
+        lines += [f"| {n} | {p:.3f} | {s:.3f} | {k:.3f} |" for n, p, s, k in correlations(rows, weights)]
+        lines += [""]
+    lines += ["| genome | val CE | S-gap | CKA-gap | score | proxy top-1 % | final top-1 % | best top-1 % |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["score"]):
+        label = f"{r['name']} `{r['genome']}`" if r["name"] != "random" else f"`{r['genome']}`"
+        lines.append(f"| {label} | {r['val_ce']:.4f} | {r['s_gap']:.4f} | {r['cka_gap']:.4f} | {r['score']:.4f} "
+                     f"| {100 * r['val_acc']:.2f} | {r['last_acc']:.2f} | {r['best_acc']:.2f} |")
+    command = " ".join(["python", "experiments/correlation.py", *sys.argv[1:]])
+    lines += ["", f"Wall time of this invocation: {elapsed / 60:.1f} min. Command: `{command}`"]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def calibrate(paths: list[Path], out: Path) -> str:
+    """Grid-search (ce=1, s_gap, cka_gap) for the largest mean Spearman of -score vs final top-1."""
+    runs = {p.stem: read_rows(p) for p in paths}
+    table = []
+    for s_w, c_w in itertools.product(GRID, GRID):
+        w = ScoreWeights(1.0, s_w, c_w)
+        per = {name: stats.spearmanr([-w.combine(r["val_ce"], r["s_gap"], r["cka_gap"]) for r in rows],
+                                     [r["last_acc"] for r in rows])[0] for name, rows in runs.items()}
+        table.append((sum(per.values()) / len(per), s_w, c_w, per))
+    best = max(t[0] for t in table)
+    # Simplest within 0.02 of the best: fewest non-zero extra weights, then weights closest to 1 (equal mix).
+    near = [t for t in table if t[0] >= best - 0.02]
+    chosen = min(near, key=lambda t: ((t[1] != 0) + (t[2] != 0), abs(math.log2(t[1] or 1)) + abs(math.log2(t[2] or 1)),
+                                      -t[0]))
+    names = list(runs)
+    lines = ["# ScoreWeights calibration", "",
+             f"Grid: ce = 1, s_gap and cka_gap in {list(GRID)}; objective: mean over runs of Spearman(-score, final "
+             f"top-1). Runs: {', '.join(f'{n} (n={len(runs[n])})' for n in names)}.", "",
+             f"Best mean Spearman {best:.3f}; chosen (simplest within 0.02 of the best: fewest non-zero weights, "
+             f"then nearest to 1): ce 1, s_gap {chosen[1]:g}, cka_gap {chosen[2]:g}, mean Spearman "
+             f"{chosen[0]:.3f} ({', '.join(f'{n} {chosen[3][n]:.3f}' for n in names)}).", "",
+             "With so few points (each Spearman has a standard error of roughly 1/sqrt(n-1) ~ 0.25-0.3) the ranking "
+             "of nearby grid points is mostly noise; the choice is a weak preference, not a measurement.", "",
+             f"| s_gap | cka_gap | mean | {' | '.join(names)} |", "|---:|---:|---:|" + "---:|" * len(names)]
+    for mean, s_w, c_w, per in sorted(table, key=lambda t: -t[0]):
+        lines.append(f"| {s_w:g} | {c_w:g} | {mean:.3f} | {' | '.join(f'{per[n]:.3f}' for n in names)} |")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "correlation_calibration.md").write_text(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("digits", "cifar10jpeg"), default="digits")
+    parser.add_argument("--genomes", type=int, default=12, help="random genomes (presets come on top)")
+    parser.add_argument("--proxy-steps", type=int, default=120)
+    parser.add_argument("--views", type=int, default=2, help="augmented views the proxy's teacher cache holds")
+    parser.add_argument("--proxy-subset", type=int, default=1500, help="cifar10jpeg: proxy train images")
+    parser.add_argument("--proxy-val", type=int, default=1000, help="cifar10jpeg: proxy validation images")
+    parser.add_argument("--train-epochs", type=int, default=None, help="full training (30 digits, 3 cifar10jpeg)")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="full-training images, class-balanced (digits: all; cifar10jpeg: 5000)")
+    parser.add_argument("--test-subset", type=int, default=2000, help="cifar10jpeg: test images for final top-1")
+    parser.add_argument("--no-presets", action="store_true", help="random genomes only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/cifar10jpeg"))
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "correlation", help="teacher-output cache")
+    parser.add_argument("--fresh", action="store_true", help="ignore results of an earlier run with these settings")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calibrate", type=Path, nargs="+", help="CSV files of earlier runs: calibrate weights")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.calibrate:
+        print(calibrate(args.calibrate, args.out))
+        return
+    if args.train_epochs is None:
+        args.train_epochs = 30 if args.dataset == "digits" else 3
+    if args.train_subset is None and args.dataset == "cifar10jpeg":
+        args.train_subset = 5000
+    began = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"correlation_{args.dataset}"
+    state_path, csv_path, md_path = (stem.with_name(stem.name + "_proxy.json"), stem.with_suffix(".csv"),
+                                     stem.with_suffix(".md"))
+    identity = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k in ("dataset", "genomes", "proxy_steps", "views", "proxy_subset", "proxy_val", "train_epochs",
+                         "train_subset", "test_subset", "seed", "no_presets")}
+    state: dict = {}
+    if state_path.is_file() and not args.fresh:
+        state = json.loads(state_path.read_text())
+        if state.get("identity") != identity:
+            raise SystemExit(f"{state_path} holds a run with other settings ({state.get('identity')}); "
+                             "use --fresh or another --out")
+        log(f"resuming from {state_path} and {csv_path}")
+    else:
+        for path in (state_path, csv_path, md_path):
+            path.unlink(missing_ok=True)
+        state = {"identity": identity}
+
+    proxy_data, train_data, teacher, student_name, note = setup(args)
+    log(note)
+    factory = partial(create_model, student_name, num_classes=proxy_data.num_classes, in_chans=proxy_data.in_chans)
+    cache_dir = args.cache / f"{args.dataset}-s{args.seed}-v{args.views}-p{args.proxy_subset}"
+    task = ProxyTask(teacher, factory, proxy_data, proxy_config(args), cache_dir, log=log)
+    weights = task.config.weights
+    if "proxy_seconds" not in state or len(state.get("random", [])) < args.genomes:
+        t0 = time.perf_counter()
+        sample_and_score(task, args, state, state_path)
+        state["proxy_seconds"] = state.get("proxy_seconds", 0) + time.perf_counter() - t0
+        state_path.write_text(json.dumps(state, indent=1) + "\n")
+    plan = [] if args.no_presets else [(n, ProxyResult.from_dict(r)) for n, r in state["presets"].items()
+                                       if r["status"] == "complete"]
+    plan += [("random", ProxyResult.from_dict(r)) for r in state["random"]]
+
+    rows = read_rows(csv_path)
+    done = {r["genome"] for r in rows}
+    shapes = task.student_shapes, task.teacher_shapes
+    for name, result in plan:
+        if result.genome in done:
+            continue
+        best, last, seconds = train_one(Genome.parse(result.genome), train_data, teacher, student_name, shapes, args)
+        row = {"name": name, "genome": result.genome, "val_ce": result.val_ce, "val_acc": result.val_acc,
+               "sharpness": result.sharpness, "s_gap": result.s_gap, "cka_gap": result.cka_gap,
+               "score": result.score, "proxy_s": round(result.seconds, 1), "best_acc": best, "last_acc": last,
+               "train_s": round(seconds, 1)}
+        append_row(csv_path, row)
+        rows = read_rows(csv_path)
+        log(f"trained {name:7s} {result.genome:45s} score {result.score:.4f} -> top-1 {last:.2f}% ({seconds:.0f} s)")
+        write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began)
+    print(write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began))
+
+
+if __name__ == "__main__":
+    main()

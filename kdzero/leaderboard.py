@@ -66,7 +66,7 @@ def open_study(run: str | Path | None = None, *, storage: str | None = None, stu
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
         raise ConfigError(f"no database file at {storage[len('sqlite:///'):]}")
     try:
-        return load_study(make_storage(storage), study)
+        return load_study(make_storage(storage, create=False), study)
     except ConfigError:
         raise
     except Exception as exc:

@@ -127,7 +127,7 @@ def run_space(config: SearchConfig, presets: list[Genome]) -> SearchSpace:
 def open_worker_run(storage_url: str, study_name: str, overrides: dict | None = None,
                     is_valid: Callable[[Genome], bool] | None = None, log: Log = print) -> Run:
     """Join an existing study (``kdzero worker``): its config comes from the study itself."""
-    storage = studies.make_storage(storage_url)
+    storage = studies.make_storage(storage_url, create=False)
     probe = studies.load_study(storage, study_name)
     saved = probe.user_attrs.get(studies.CONFIG_ATTR)
     if saved is None:

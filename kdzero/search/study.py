@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage
@@ -55,12 +57,65 @@ def _with_installed_driver(url: str) -> str:
     return url
 
 
-def make_storage(url: str) -> RDBStorage:
-    """An RDB storage with heartbeats, for SQLite files and any SQLAlchemy URL (PostgreSQL for many machines)."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
+CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of an ``sqlite:///PATH`` URL (None for other URLs and in-memory databases)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_storage_file(url: str, create: bool = True) -> None:
+    """Refuse an SQLite file that is not an Optuna study database before anything opens it: Optuna would add
+    its tables to any SQLite file (damaging a foreign one) and fails with a long error on a corrupt one.
+    ``create=False`` (readers) also refuses a missing file instead of creating a database."""
+    path = _sqlite_path(url)
+    if path is None:
+        return
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"no database file at {path}")
+        return
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"cannot read study database {path}: {exc.strerror or exc}") from None
+    if not head:
+        raise ConfigError(f"study database {path} is an empty file, not a study; remove it to start afresh")
+    if head != SQLITE_MAGIC:
+        raise ConfigError(f"study database {path} is not an SQLite file (corrupt or something else); "
+                          f"kdzero leaves it alone: move it away or use another run name")
+    try:
+        connection = sqlite3.connect(f"file:{quote(path.as_posix())}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"study database {path} is damaged: {exc}") from None
+    if not {"studies", "trials", "version_info"} <= tables:
+        shown = ", ".join(sorted(tables)[:5]) or "none"
+        raise ConfigError(f"{path} is an SQLite database but not an Optuna study (its tables: {shown}); "
+                          f"kdzero will not write into it: move it away or use another run name")
+
+
+def make_storage(url: str, create: bool = True) -> RDBStorage:
+    """An RDB storage with heartbeats, for SQLite files and any SQLAlchemy URL (PostgreSQL for many machines).
+
+    ``create=False`` is for readers and workers: a missing SQLite file is an error, not a new database."""
     url = _with_installed_driver(url)
+    check_storage_file(url, create=create)
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith(("postgresql", "postgres")):
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:

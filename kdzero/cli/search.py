@@ -20,6 +20,19 @@ Re-running the same command resumes the run (runs/NAME). Ctrl-C stops cleanly; f
 """
 
 
+def _group_size(text: str) -> int | str:
+    """``--group-size``: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``search`` (all) and ``worker`` (device and threads)."""
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
@@ -67,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(g)
     g.add_argument("--devices", help="comma-separated devices, one per worker (e.g. cuda:0,cuda:1)")
     g.add_argument("--workers", type=int, help="local worker processes sharing one population (default 1)")
-    g.add_argument("--group-size", type=int, help="candidates trained together in one step loop (default 1)")
+    g.add_argument("--group-size", type=_group_size, metavar="G|auto",
+                   help="candidates trained together in one step loop; auto: the most that fit (1 on CPU)")
     g.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: SQLite in the run directory)")
     g.add_argument("--study", help="study name in the storage (default: the run name)")
     g.add_argument("--runs-dir", help="parent folder of run directories (default runs)")
@@ -100,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     runner.configure_torch(config)
     devices = runner.check_device_list(config)
-    runner.check_run_dir(config)
+    runner.check_run_dir(config, write=False)  # written by prepare_run, once data and teacher loaded
     console.print(f"[bold]kdzero search[/bold] {config.name}: {config.teacher} -> {config.student} on "
                   f"{config.dataset}, {config.sampler} sampler, {config.trials} trials "
                   f"({config.population} + {config.iterations}), run dir {config.run_dir}", highlight=False)

@@ -20,7 +20,7 @@ from kdzero.errors import ConfigError
 from kdzero.genome import Genome, SearchSpace
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
-from kdzero.proxy import ProxyResult, ProxyTask, evaluate
+from kdzero.proxy import ProxyResult, ProxyTask, auto_group_size, evaluate
 from kdzero.search import study as studies
 from kdzero.search.config import SearchConfig
 from kdzero.search.samplers import create_sampler
@@ -85,9 +85,10 @@ class Run:
     study: optuna.Study
 
 
-def check_run_dir(config: SearchConfig) -> None:
+def check_run_dir(config: SearchConfig, write: bool = True) -> None:
     """Refuse, before any work, to resume ``runs/<name>/`` with changed identity settings; then record the
-    resolved config there."""
+    resolved config there (``write=False``: only check, so that a start that fails on bad input, e.g. a
+    checkpoint that does not fit, leaves no config behind to refuse the corrected command later)."""
     saved_path = config.run_dir / "config.json"
     if saved_path.is_file():
         try:
@@ -95,6 +96,8 @@ def check_run_dir(config: SearchConfig) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError(f"{saved_path} is corrupt; remove it to start the run afresh") from None
         config.check_resumable(saved)
+    if not write:
+        return
     config.run_dir.mkdir(parents=True, exist_ok=True)
     saved_path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
@@ -102,7 +105,7 @@ def check_run_dir(config: SearchConfig) -> None:
 def prepare_run(config: SearchConfig, is_valid: Callable[[Genome], bool] | None = None,
                 log: Log = print) -> Run:
     """Create ``runs/<name>/`` and its study, or resume them (refusing changed identity settings)."""
-    check_run_dir(config)
+    check_run_dir(config, write=False)
     storage = studies.make_storage(config.storage_url)
     presets = [g for g in PRESETS.values() if is_valid is None or is_valid(g)] if config.presets else []
     if config.sampler == "grid":
@@ -115,6 +118,7 @@ def prepare_run(config: SearchConfig, is_valid: Callable[[Genome], bool] | None 
     saved_config = study.user_attrs.get(studies.CONFIG_ATTR)
     if saved_config is not None:
         config.check_resumable(saved_config)
+    check_run_dir(config)  # only now: a refused run leaves the recorded config as it was
     studies.initialise(study, config.to_dict(), space, config.trials, presets)
     return Run(config, storage, study)
 
@@ -175,12 +179,15 @@ def remaining_trials(study: optuna.Study, budget: int) -> int:
 
 
 def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None,
-               group_size: int | None = None) -> int:
+               group_size: int | str | None = None) -> int:
     """Evaluate trials until the study reaches its planned number of finished trials; returns how many this
     worker evaluated. Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
     observer = observer or SearchObserver()
     study, budget = run.study, int(run.study.user_attrs.get(studies.BUDGET_ATTR, run.config.trials))
     group_size = group_size or run.config.group_size
+    if group_size == "auto":
+        group_size = auto_group_size(task)
+        observer.log(f"group size auto: {group_size} candidates per step loop on {task.device}")
     recovered = studies.recover_dead_trials(study)
     if recovered:
         observer.log(f"re-queued trials {', '.join(map(str, recovered))} of a worker that died")

@@ -18,6 +18,7 @@ Rejection, each recorded with its stage, reason and the steps it cost:
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -197,7 +198,11 @@ class ProxyTask:
 
 
 class _Candidate:
-    """One genome's private training state; nothing here is shared with another candidate."""
+    """One genome's private training state; nothing here is shared with another candidate.
+
+    A candidate trains alone (``step``), or as one slice of a ``_StackedGroup`` that owns the stacked student
+    weights while training; either way it computes its own losses and keeps its own rejection state.
+    """
 
     def __init__(self, task: ProxyTask, genome: Genome | None) -> None:
         cfg = task.config
@@ -209,37 +214,59 @@ class _Candidate:
         start = time.perf_counter()
         self.student = task.new_student()
         self.loss_fn: UnifiedLoss | None = None
-        params = list(self.student.parameters())
         if genome is not None:
             generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
             self.loss_fn = UnifiedLoss(genome, task.student_shapes, task.teacher_shapes, generator=generator)
             self.loss_fn.to(task.device)
-            params += list(self.loss_fn.parameters())
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.optimizer = _sgd(list(self.student.parameters()) + self.loss_parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.steps)
         self.ce_ema: float | None = None
         self.ce_curve: list[float] = []
         self.seconds += time.perf_counter() - start
 
+    def loss_parameters(self) -> list[torch.nn.Parameter]:
+        """The distillation loss's own parameters (a connector), trained with the student."""
+        return list(self.loss_fn.parameters()) if self.loss_fn is not None else []
+
     def reject(self, stage: str, reason: str) -> None:
         self.alive = False
         self.result.status, self.result.stage, self.result.reason = "rejected", stage, reason
 
+    def losses(self, task: ProxyTask, step: int, out: Features, y: torch.Tensor,
+               teacher: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total, ce) for this step's student output; raises _Rejected on a first-batch or non-finite loss."""
+        cfg = task.config
+        ce = F.cross_entropy(out.logit.float(), y)
+        kd = self.loss_fn(student=out, teacher=teacher, target=y) if self.loss_fn is not None else None
+        total = ce if kd is None else ce + kd.float()
+        if step == 0 and kd is not None:
+            self._check_first_batch(float(kd.detach()), float(ce.detach()), cfg)
+        if not torch.isfinite(total.detach()):
+            raise _Rejected("training", f"non-finite loss at step {step + 1}")
+        return total, ce
+
+    def after_step(self, task: ProxyTask, step: int, ce: torch.Tensor) -> None:
+        """Bookkeeping after an optimiser step: CE moving average and the divergence check."""
+        cfg = task.config
+        ce_value = float(ce.detach())
+        self.ce_ema = ce_value if self.ce_ema is None else EMA_DECAY * self.ce_ema + (1 - EMA_DECAY) * ce_value
+        self.ce_curve.append(self.ce_ema)
+        self.result.steps = step + 1
+        if not self.is_baseline and step + 1 >= cfg.warmup_steps:
+            reference = task.baseline_ce_curve()[step]
+            if self.ce_ema > reference + cfg.divergence_margin:
+                raise _Rejected("training", f"training CE {self.ce_ema:.3f} exceeds the CE-only student's "
+                                            f"{reference:.3f} by more than {cfg.divergence_margin:g} at step "
+                                            f"{step + 1}")
+
     def step(self, task: ProxyTask, step: int, x: torch.Tensor, y: torch.Tensor, teacher: Features) -> None:
+        """One training step of this candidate alone."""
         cfg = task.config
         start = time.perf_counter()
         try:
-            autocast = torch.autocast(task.device.type, dtype=torch.bfloat16,
-                                      enabled=cfg.bf16 and task.device.type == "cuda")
-            with autocast:
+            with _autocast(task):
                 out = self.student(x)
-                ce = F.cross_entropy(out.logit.float(), y)
-                kd = self.loss_fn(student=out, teacher=teacher, target=y) if self.loss_fn is not None else None
-            total = ce if kd is None else ce + kd.float()
-            if step == 0 and kd is not None:
-                self._check_first_batch(float(kd.detach()), float(ce.detach()), cfg)
-            if not torch.isfinite(total.detach()):
-                raise _Rejected("training", f"non-finite loss at step {step + 1}")
+                total, ce = self.losses(task, step, out, y, teacher)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -248,16 +275,7 @@ class _Candidate:
                 raise _Rejected("training", f"non-finite gradient at step {step + 1}")
             self.optimizer.step()
             self.scheduler.step()
-            ce_value = float(ce.detach())
-            self.ce_ema = ce_value if self.ce_ema is None else EMA_DECAY * self.ce_ema + (1 - EMA_DECAY) * ce_value
-            self.ce_curve.append(self.ce_ema)
-            self.result.steps = step + 1
-            if not self.is_baseline and step + 1 >= cfg.warmup_steps:
-                reference = task.baseline_ce_curve()[step]
-                if self.ce_ema > reference + cfg.divergence_margin:
-                    raise _Rejected("training", f"training CE {self.ce_ema:.3f} exceeds the CE-only student's "
-                                                f"{reference:.3f} by more than {cfg.divergence_margin:g} at step "
-                                                f"{step + 1}")
+            self.after_step(task, step, ce)
         except _Rejected as rejection:
             self.result.steps = step + 1
             self.reject(rejection.stage, rejection.reason)
@@ -292,12 +310,148 @@ class _Candidate:
         self.seconds += time.perf_counter() - start
 
 
+def _sgd(params: list[torch.Tensor], cfg: ProxyConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _autocast(task: ProxyTask):
+    return torch.autocast(task.device.type, dtype=torch.bfloat16,
+                          enabled=task.config.bf16 and task.device.type == "cuda")
+
+
+class _StackedGroup:
+    """G students of one architecture trained as one: their weights stacked along a new leading axis
+    (``torch.func.stack_module_state``) and run with ``vmap``, so one kernel launch serves the whole group.
+
+    Each candidate keeps its own loss (genomes differ), its own gradient clipping (per-slice norms), its own
+    connector optimiser and its own rejection: a rejected candidate's slice gets zero gradient from then on, so
+    the others are not disturbed. SGD is elementwise, so one optimiser over the stacked weights is G independent
+    optimisers. ``unstack`` writes the trained weights back into each candidate's student for scoring.
+    """
+
+    def __init__(self, task: ProxyTask, candidates: list[_Candidate]) -> None:
+        from torch.func import functional_call, stack_module_state, vmap
+
+        cfg = task.config
+        self.candidates = candidates
+        self.params, self.buffers = stack_module_state([c.student for c in candidates])
+        skeleton = copy.deepcopy(candidates[0].student).to("meta")
+        self.forward = vmap(lambda p, b, x: functional_call(skeleton, (p, b), (x,)), in_dims=(0, 0, None),
+                            randomness="different")
+        self.optimizer = _sgd(list(self.params.values()), cfg)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.steps)
+        self.loss_optimizers = [_sgd(c.loss_parameters(), cfg) if c.loss_parameters() else None for c in candidates]
+        self.loss_schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.steps) if o else None
+                                for o in self.loss_optimizers]
+
+    def step(self, task: ProxyTask, step: int, x: torch.Tensor, y: torch.Tensor, teacher: Features) -> None:
+        """One step of every live candidate of the group."""
+        cfg = task.config
+        start = time.perf_counter()
+        live = [i for i, c in enumerate(self.candidates) if c.alive]
+        with _autocast(task):
+            out = self.forward(self.params, self.buffers, x)
+        totals, ces = [], {}
+        for i in live:
+            candidate = self.candidates[i]
+            try:
+                with _autocast(task):
+                    total, ce = candidate.losses(task, step, Features(out.feat[i], out.emb[i], out.logit[i]), y,
+                                                 teacher)
+                totals.append(total)
+                ces[i] = ce
+            except _Rejected as rejection:
+                candidate.result.steps = step + 1
+                candidate.reject(rejection.stage, rejection.reason)
+        for p in self.params.values():
+            p.grad = None
+        for o in self.loss_optimizers:
+            if o is not None:
+                o.zero_grad(set_to_none=True)
+        if totals:
+            torch.stack(totals).sum().backward()
+        for i in live:
+            candidate = self.candidates[i]
+            if not candidate.alive:
+                continue
+            slices = [p.grad[i] for p in self.params.values() if p.grad is not None]
+            own = [p.grad for p in candidate.loss_parameters() if p.grad is not None]
+            norm = torch.sqrt(sum(g.float().pow(2).sum() for g in slices + own))
+            if not torch.isfinite(norm):
+                candidate.result.steps = step + 1
+                candidate.reject("training", f"non-finite gradient at step {step + 1}")
+                continue
+            scale = min(1.0, cfg.grad_clip / (float(norm) + 1e-6))
+            if scale < 1.0:
+                for g in slices + own:
+                    g.mul_(scale)
+        dead = [i for i, c in enumerate(self.candidates) if not c.alive]
+        for p in self.params.values():
+            if p.grad is not None and dead:
+                p.grad[dead] = 0.0
+        self.optimizer.step()
+        self.scheduler.step()
+        for i in live:
+            if self.loss_optimizers[i] is not None and self.candidates[i].alive:
+                self.loss_optimizers[i].step()
+                self.loss_schedulers[i].step()
+        for i in live:
+            candidate = self.candidates[i]
+            if candidate.alive:
+                try:
+                    candidate.after_step(task, step, ces[i])
+                except _Rejected as rejection:
+                    candidate.reject(rejection.stage, rejection.reason)
+        share = (time.perf_counter() - start) / max(1, len(live))
+        for i in live:
+            self.candidates[i].seconds += share
+
+    def unstack(self) -> None:
+        """Copy each candidate's slice of the trained weights and BN statistics back into its student."""
+        with torch.no_grad():
+            for i, candidate in enumerate(self.candidates):
+                for name, tensor in candidate.student.named_parameters():
+                    tensor.copy_(self.params[name][i])
+                for name, tensor in candidate.student.named_buffers():
+                    tensor.copy_(self.buffers[name][i])
+
+
+def auto_group_size(task: ProxyTask, limit: int = 32) -> int:
+    """The largest group that fits the device, or 1 where grouping does not pay.
+
+    On CPU stacking gives no speed-up (measured: experiments/bench_batched.py), so 1. On CUDA one grouped step
+    of two candidates measures the memory per candidate, and the group fills 80% of the free memory.
+    """
+    if task.device.type != "cuda":
+        return 1
+    torch.cuda.synchronize(task.device)
+    torch.cuda.reset_peak_memory_stats(task.device)
+    before = torch.cuda.memory_allocated(task.device)
+    probe = [_Candidate(task, None) for _ in range(2)]
+    group = _StackedGroup(task, probe)
+    view_ids, indices = next(iter(task.batches()))
+    x, y = task.views.batch(view_ids, indices), task.labels[indices]
+    group.step(task, 0, x, y, task.cache.get(view_ids, indices))
+    per_candidate = max(1, (torch.cuda.max_memory_allocated(task.device) - before) // 2)
+    del group, probe
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(task.device)
+    return max(1, min(limit, int(0.8 * free // per_candidate)))
+
+
 def evaluate(task: ProxyTask, genomes: Sequence[Genome | None],
-             on_step: Callable[[int, int], None] | None = None) -> list[ProxyResult]:
+             on_step: Callable[[int, int], None] | None = None, stacked: bool | None = None) -> list[ProxyResult]:
     """Proxy-train and score ``genomes`` side by side; ``None`` stands for the CE-only student.
 
+    ``stacked`` trains the group's students as one vmapped model (``_StackedGroup``); otherwise each steps on
+    its own over the shared batch stream (bit-identical to evaluating it alone). The default stacks on CUDA,
+    where it pays, and not on CPU, where it does not (experiments/bench_batched.py). Stacked and alone agree to
+    float rounding (about 1e-7 per step); over long budgets a ReLU gate flipped by that rounding can grow the
+    difference, as between any two kernel implementations.
     ``on_step(step, total)`` is called after every training step (progress display).
     """
+    if stacked is None:
+        stacked = task.device.type == "cuda"
     candidates: list[_Candidate] = []
     for genome in genomes:
         if genome is not None:
@@ -313,6 +467,8 @@ def evaluate(task: ProxyTask, genomes: Sequence[Genome | None],
             and not any(c.is_baseline for c in candidates):
         task.baseline()
     cfg = task.config
+    trainable = [c for c in candidates if c.alive]
+    group = _StackedGroup(task, trainable) if stacked and len(trainable) > 1 else None
     for step, (view_ids, indices) in enumerate(task.batches()):
         alive = [c for c in candidates if c.alive]
         if not alive:
@@ -320,10 +476,15 @@ def evaluate(task: ProxyTask, genomes: Sequence[Genome | None],
         x = task.views.batch(view_ids, indices)
         y = task.labels[indices]
         teacher = task.cache.get(view_ids, indices)
-        for candidate in alive:
-            candidate.step(task, step, x, y, teacher)
+        if group is not None:
+            group.step(task, step, x, y, teacher)
+        else:
+            for candidate in alive:
+                candidate.step(task, step, x, y, teacher)
         if on_step is not None:
             on_step(step + 1, cfg.steps)
+    if group is not None:
+        group.unstack()
     for candidate in candidates:
         if candidate.alive:
             candidate.finish(task)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kdzero.cli._display import console
-from kdzero.cli.search import add_run_options
+from kdzero.cli.search import _group_size, add_run_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(p)
     p.add_argument("--data-root", help="where the dataset lives on this machine")
     p.add_argument("--teacher-ckpt", help="where the teacher checkpoint lives on this machine")
-    p.add_argument("--group-size", type=int, help="candidates trained together (default: the study's)")
+    p.add_argument("--group-size", type=_group_size, metavar="G|auto",
+                   help="candidates trained together (default: the study's)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
 

@@ -62,7 +62,7 @@ class SearchConfig:
     devices: list[str] = field(default_factory=list)
     threads: int = 1
     workers: int = 1
-    group_size: int = 1
+    group_size: int | str = 1  # candidates trained together, or "auto" (largest that fits; 1 on CPU)
     storage: str | None = None
     study: str | None = None
     runs_dir: str = "runs"
@@ -207,7 +207,9 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> An
 
 
 def _check_values(config: SearchConfig, source: str) -> None:
-    for name in ("population", "threads", "workers", "group_size"):
+    if isinstance(config.group_size, str) and config.group_size != "auto":
+        raise ConfigError(f"{source}: group_size must be a positive integer or 'auto', got {config.group_size!r}")
+    for name in ("population", "threads", "workers") + (("group_size",) if isinstance(config.group_size, int) else ()):
         if getattr(config, name) < 1:
             raise ConfigError(f"{source}: {name} must be >= 1, got {getattr(config, name)}")
     if config.population < 2:

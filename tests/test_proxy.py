@@ -1,0 +1,118 @@
+"""Proxy evaluation: deterministic, rejects bad genomes within a few batches, groups without side effects."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from kdzero.data import load_dataset
+from kdzero.genome import Genome
+from kdzero.models import create_model
+from kdzero.presets import PRESETS
+from kdzero.proxy import ProxyConfig, ProxyTask, auto_group_size, evaluate
+from kdzero.train import TrainConfig, train_model
+
+METRICS = ("val_ce", "val_acc", "sharpness", "s_gap", "cka_gap", "score", "loss_ratio")
+
+
+@pytest.fixture(scope="module")
+def digits_teacher():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    teacher = create_model("resnet14", num_classes=10, in_chans=1)
+    train_model(teacher, data, TrainConfig(epochs=5, lr=0.05, seed=0), progress=False, log=lambda message: None)
+    return data, teacher
+
+
+def make_task(digits_teacher, folder, steps: int) -> ProxyTask:
+    data, teacher = digits_teacher
+    config = ProxyConfig(steps=steps, batch_size=32, num_views=2, warmup_steps=8, sharpness_samples=64,
+                         cka_samples=64)
+    return ProxyTask(teacher, lambda: create_model("resnet8", num_classes=10, in_chans=1), data, config, folder,
+                     log=lambda message: None)
+
+
+@pytest.fixture(scope="module")
+def task(digits_teacher, tmp_path_factory) -> ProxyTask:
+    return make_task(digits_teacher, tmp_path_factory.mktemp("cache"), steps=16)
+
+
+@pytest.fixture(scope="module")
+def short_task(digits_teacher, tmp_path_factory) -> ProxyTask:
+    """A 4-step budget: stacked (vmapped) kernels round differently from per-model ones, and over long budgets
+    a ReLU gate flipped by that rounding can amplify it; within a few steps they must agree to 1e-5."""
+    return make_task(digits_teacher, tmp_path_factory.mktemp("cache"), steps=4)
+
+
+def assert_same(a, b, tol: float) -> None:
+    assert (a.status, a.stage, a.steps) == (b.status, b.stage, b.steps), (a, b)
+    for name in METRICS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, abs=tol, rel=tol), (name, x, y)
+
+
+GOOD = [PRESETS["kd"], PRESETS["sp"], Genome.parse("feat[mask,multi_scale_r2,norm_C]|l2|sim|T4|x10"),
+        Genome.parse("emb[drop,no,norm_C]|cosine|focal|T4|x1")]
+BAD = {
+    "feat[pow4,exp,pow4]|l2|no|T1|x100": "first_batch",            # explodes: swamps CE
+    "feat[exp,pow4,no]|smooth_l1|no|T16|x100": "first_batch",
+    "feat[softmax_C,channel,no]|l2|no|T1|x1": "first_batch",       # a constant: vanishes
+    "logit[satt,no,no]|kl|no|T4|x1": "static",                     # no positions in logits
+    "feat[local_s4,no,no]|l2|no|T1|x1": "static",                  # all zeros on 2x2 maps
+    "emb[bmm,no,no]|l2|no|T1|x1": "static",                        # channel Gram of a vector
+}
+
+
+def test_proxy_run_is_deterministic_on_cpu(task):
+    first = evaluate(task, [GOOD[2]])[0]
+    second = evaluate(task, [GOOD[2]])[0]
+    assert first.status == "complete"
+    assert_same(first, second, tol=1e-6)
+
+
+@pytest.mark.parametrize("text", sorted(BAD))
+def test_known_bad_genomes_are_rejected_within_three_batches_with_a_reason(task, text):
+    result = evaluate(task, [Genome.parse(text)])[0]
+    assert result.rejected and result.stage == BAD[text] and result.steps <= 3 and result.reason
+    assert math.isinf(result.score)
+
+
+def test_classical_presets_are_never_rejected(task):
+    for name, result in zip(PRESETS, evaluate(task, list(PRESETS.values()))):
+        assert not result.rejected, (name, result.reason)
+        assert math.isfinite(result.score)
+
+
+def test_a_group_of_four_matches_the_same_genomes_one_by_one(task):
+    alone = [evaluate(task, [g])[0] for g in GOOD]
+    for one, grouped in zip(alone, evaluate(task, GOOD, stacked=False)):
+        assert_same(one, grouped, tol=1e-6)
+
+
+def test_a_stacked_group_of_four_matches_the_same_genomes_one_by_one(short_task):
+    alone = [evaluate(short_task, [g])[0] for g in GOOD]
+    for one, stacked in zip(alone, evaluate(short_task, GOOD, stacked=True)):
+        assert_same(one, stacked, tol=1e-5)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_genome_rejected_inside_a_group_leaves_the_others_unchanged(task, short_task, stacked: bool):
+    bad = Genome.parse("feat[pow4,exp,pow4]|l2|no|T1|x100")
+    where = short_task if stacked else task
+    alone = [evaluate(where, [g])[0] for g in GOOD[:2]]
+    results = evaluate(where, [GOOD[0], bad, GOOD[1]], stacked=stacked)
+    assert results[1].rejected and results[1].stage == "first_batch"
+    assert_same(results[0], alone[0], tol=1e-5)
+    assert_same(results[2], alone[1], tol=1e-5)
+
+
+def test_ce_only_baseline_is_computed_once_and_reused(task):
+    baseline = task.baseline()
+    assert task.baseline() is baseline and len(task.baseline_ce_curve()) == task.config.steps
+    assert asdict(baseline)["genome"] == "ce-only"
+
+
+def test_group_size_auto_is_one_on_cpu(task):
+    assert auto_group_size(task) == 1

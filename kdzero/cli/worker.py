@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda message: None) if args.quiet else (lambda message: console.print(message, markup=False))
     search = runner.open_worker_run(args.storage, args.study, overrides, log=log)
     runner.configure_torch(search.config)
+    runner.check_device_list(search.config)
     task = runner.build_task(search.config, log=log)
     search.study.sampler.is_valid = runner.validity_checker(task) if hasattr(search.study.sampler, "is_valid") \
         else None

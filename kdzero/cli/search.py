@@ -110,11 +110,13 @@ def run(args: argparse.Namespace) -> int:
     from kdzero.cli._search_display import LiveSearchDisplay
     from kdzero.leaderboard import frame, rich_table
     from kdzero.search import runner
+    from kdzero.search import study as studies
 
     config = resolve_config(args)
     runner.configure_torch(config)
     devices = runner.check_device_list(config)
     runner.check_run_dir(config, write=False)  # written by prepare_run, once data and teacher loaded
+    studies.check_storage_file(config.storage_url)  # a corrupt study.db: refuse before minutes of loading
     console.print(f"[bold]kdzero search[/bold] {config.name}: {config.teacher} -> {config.student} on "
                   f"{config.dataset}, {config.sampler} sampler, {config.trials} trials "
                   f"({config.population} + {config.iterations}), run dir {config.run_dir}", highlight=False)

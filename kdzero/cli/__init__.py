@@ -28,9 +28,17 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error (its default prints the whole usage
+    first, a dozen lines for ``search``). Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every sub-command that is installed."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kdzero",
         description=(
             "Search the best knowledge-distillation loss for a teacher-student pair (KD-Zero), "

@@ -44,8 +44,7 @@ from torch import nn
 
 from kdzero.errors import ConfigError, KdzeroError, suggest
 from kdzero.features import Features
-from kdzero.models.searchable import StageResNet
-from kdzero.models.wrn import WideResNet
+from kdzero.models.searchable import FAMILIES, StudentArch, create_student  # noqa: F401 - part of this module's API
 
 # ---------------------------------------------------------------------------------------------------- metrics
 
@@ -190,94 +189,6 @@ def diswot_score(teacher: nn.Module, student: nn.Module, images: torch.Tensor, l
 
 
 # ----------------------------------------------------------------------------------------------- architectures
-
-FAMILIES: tuple[str, ...] = ("resnet", "wrn")
-"""Student families: CIFAR ResNets with free stages, and Wide ResNets."""
-
-_RESNET = re.compile(r"resnet\[(?P<depths>[^\]]*)\]x\[(?P<widths>[^\]]*)\]")
-_WRN = re.compile(r"wrn_d(?P<depth>[^_]+)_w(?P<widen>.+)")
-_EXAMPLES = "write e.g. resnet[3,3,3]x[16,32,64] or wrn_d16_w2"
-
-
-@dataclass(frozen=True)
-class StudentArch:
-    """One student architecture: a family and its integer genes, with one canonical text form.
-
-    ``resnet``: genes = blocks per stage, then width per stage; text ``resnet[3,3,3]x[16,32,64]``.
-    ``wrn``: genes = (depth, widening factor), depth 6n+4; text ``wrn_d16_w2``.
-    ``StudentArch.parse(str(a)) == a`` for every architecture.
-    """
-
-    family: str
-    genes: tuple[int, ...]
-
-    def __str__(self) -> str:
-        if self.family == "resnet":
-            half = len(self.genes) // 2
-            return f"resnet[{','.join(map(str, self.genes[:half]))}]x[{','.join(map(str, self.genes[half:]))}]"
-        return f"wrn_d{self.genes[0]}_w{self.genes[1]}"
-
-    @classmethod
-    def parse(cls, text: str) -> StudentArch:
-        """Read an architecture text; a ConfigError names the bad token and what would be right."""
-        raw = str(text)
-        compact = re.sub(r"\s+", "", raw).lower()
-        if match := _RESNET.fullmatch(compact):
-            depths = _ints(match["depths"], raw, "depth")
-            widths = _ints(match["widths"], raw, "width")
-            if len(depths) != len(widths):
-                raise ConfigError(f"bad student {raw!r}: {len(depths)} stage depths but {len(widths)} widths")
-            if not 1 <= len(depths) <= 4:
-                raise ConfigError(f"bad student {raw!r}: 1 to 4 stages, got {len(depths)}")
-            return cls("resnet", depths + widths)
-        if match := _WRN.fullmatch(compact):
-            depth, widen = _ints(match["depth"], raw, "depth")[0], _ints(match["widen"], raw, "widening factor")[0]
-            if (depth - 4) % 6 or depth < 10:
-                raise ConfigError(f"bad student {raw!r}: WRN depth {depth} is not 6n+4 with n >= 1 (10, 16, 22, ...)")
-            return cls("wrn", (depth, widen))
-        family = re.split(r"[\[_]", compact, maxsplit=1)[0]
-        if family not in FAMILIES:
-            raise ConfigError(f"bad student {raw!r}: unknown family {family!r}; {suggest(family, FAMILIES)}")
-        raise ConfigError(f"bad student {raw!r}: malformed {family} text; {_EXAMPLES}")
-
-    @property
-    def gene_names(self) -> tuple[str, ...]:
-        """A name per gene (``depth1``, ``width1``, ... or ``depth``, ``widen``), for messages and tables."""
-        if self.family == "resnet":
-            stages = len(self.genes) // 2
-            return tuple(f"depth{i + 1}" for i in range(stages)) + tuple(f"width{i + 1}" for i in range(stages))
-        return ("depth", "widen")
-
-    def with_gene(self, index: int, value: int) -> StudentArch:
-        """A copy with gene ``index`` set to ``value`` and every other gene inherited."""
-        genes = list(self.genes)
-        genes[index] = value
-        return StudentArch(self.family, tuple(genes))
-
-    def build(self, num_classes: int, in_chans: int = 3) -> nn.Module:
-        """A freshly initialised model of this architecture returning ``Features``."""
-        if self.family == "resnet":
-            half = len(self.genes) // 2
-            return StageResNet(self.genes[:half], self.genes[half:], num_classes=num_classes, in_chans=in_chans)
-        return WideResNet(self.genes[0], self.genes[1], num_classes=num_classes, in_chans=in_chans)
-
-
-def _ints(part: str, raw: str, what: str) -> tuple[int, ...]:
-    values = []
-    for token in part.split(","):
-        if not token.isdigit() or int(token) < 1:
-            raise ConfigError(f"bad student {raw!r}: {what} {token!r} is not a positive integer; {_EXAMPLES}")
-        values.append(int(token))
-    return tuple(values)
-
-
-def create_student(arch_text: str, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """Build the student named by an architecture text (``resnet[3,3,3]x[16,32,64]``, ``wrn_d16_w2``).
-
-    This is what ``create_model`` needs to accept search results by name.
-    """
-    return StudentArch.parse(arch_text).build(num_classes, in_chans)
-
 
 # ------------------------------------------------------------------------------------------------------ costs
 

@@ -350,3 +350,16 @@ def test_deep_copied_adapter_is_independent() -> None:
     torch.testing.assert_close(copied.emb, before.emb)
     assert not torch.allclose(copied.logit, before.logit)
 
+
+
+def test_create_model_builds_student_search_architecture_texts():
+    from kdzero.models import create_model
+
+    model = create_model("resnet[3,3,3]x[16,32,64]", num_classes=10, in_chans=1)
+    out = model(torch.randn(2, 1, 8, 8))
+    assert out.logit.shape == (2, 10) and out.feat.shape[1] == 64
+    reference = create_model("resnet20", num_classes=10)
+    assert sum(p.numel() for p in create_model("resnet[3,3,3]x[16,32,64]", num_classes=10).parameters()) == \
+        sum(p.numel() for p in reference.parameters())
+    with pytest.raises(ConfigError, match="depth 'x'"):
+        create_model("resnet[3,x]x[16,32]")

@@ -37,6 +37,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def _is_architecture_text(name: str) -> bool:
+    """A student-search architecture text (``resnet[...]x[...]``, ``wrn_dD_wW``) rather than a zoo name."""
+    compact = name.replace(" ", "").lower()
+    return compact.startswith("resnet[") or compact.startswith("wrn_d")
+
+
 def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **kw: Any) -> nn.Module:
     """Build registered model ``name`` (case and ``-``/``_`` insensitive) with fresh weights.
 
@@ -44,8 +50,15 @@ def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **kw: Any
     option the factory does not take.
     """
     key = _normalise(str(name))
+    if key not in _MODELS and _is_architecture_text(str(name)):
+        from kdzero.models.searchable import create_student
+
+        if kw:
+            raise ConfigError(f"model {name!r}: architecture texts take no options, got {', '.join(kw)}")
+        return create_student(str(name), num_classes=num_classes, in_chans=in_chans)
     if key not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; {suggest(key, list_models())}")
+        raise ConfigError(f"unknown model {name!r}; {suggest(key, list_models())} (or a searched architecture "
+                          f"text such as resnet[3,3,3]x[16,32,64] or wrn_d16_w2)")
     for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"model {key}: {label} must be a positive integer, got {value!r}")

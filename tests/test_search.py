@@ -228,8 +228,11 @@ def test_two_workers_share_one_population_and_never_train_a_genome_twice(tiny_ru
     assert proc.returncode == 0, output
     study = _study(runs, "pair")
     _check_whole(study, budget=20)
-    workers = {t.user_attrs.get("worker") for t in study.get_trials() if "duplicate_of" not in t.user_attrs}
+    # Both workers took trials from the one study; with a random sampler over the 32-genome KD grid many
+    # proposals repeat, and a repeat is answered from the first result (or waits for it), never trained again.
+    workers = {t.user_attrs.get("worker") for t in study.get_trials()}
     assert len(workers) == 2, workers
+    assert any("duplicate_of" in t.user_attrs for t in study.get_trials())
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.stem)

@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -127,3 +128,19 @@ def ensure_cifar10_jpeg(root: Path = CIFAR10_JPEG) -> Path:
         with tarfile.open(CIFAR10_TAR) as tar:
             tar.extractall(root, filter="data")
     return root
+
+
+DIGITS_TEACHER_ROOT = Path(tempfile.gettempdir()) / "kdzero-bench-teachers"
+"""Where the digits benchmarks keep their built-in teacher, trained once and shared between them."""
+
+
+def digits_teacher(root: Path = DIGITS_TEACHER_ROOT) -> tuple[Path, float]:
+    """The checkpoint of the default digits teacher (resnet20), trained on first use; and the seconds it took."""
+    from kdzero.train import ensure_teacher, load_data
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    checkpoint = ensure_teacher("resnet20", load_data("digits"), root=root, progress=False)
+    torch.set_num_threads(threads)
+    return checkpoint, time.perf_counter() - start

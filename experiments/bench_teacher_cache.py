@@ -22,8 +22,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from bench_common import AKAMASTER, Report, ensure_cifar10_jpeg, interleaved, round_ratios, summary
+
 from kdzero import PRESETS, Genome, UnifiedLoss
 from kdzero.data import AugmentedViews
 from kdzero.loss import feature_shapes
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--per-round", type=int, default=5, help="timed steps per variant per round (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--out", default=None, help="results file (default experiments/results/bench_teacher_cache.txt)")
+    parser.add_argument("--out", default=None, help="results file (default: experiments/results/bench_NAME.txt)")
     return parser.parse_args()
 
 

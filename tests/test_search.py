@@ -243,3 +243,16 @@ def test_shipped_configs_load_and_name_real_models(path: Path):
     config = load_config(path)
     assert config.teacher in list_models() and config.student in list_models()
     assert config.name == path.stem
+
+
+def test_a_trial_asked_beyond_the_budget_is_failed_as_surplus_before_training():
+    from kdzero.search.runner import _without_surplus
+
+    study = optuna.create_study()
+    for _ in range(3):
+        study.tell(study.ask(), 1.0)
+    first, second = study.ask(), study.ask()  # two workers that both saw one free slot of a budget of 4
+    assert _without_surplus(study, [first], budget=4) == [first]
+    assert _without_surplus(study, [second], budget=4) == []
+    surplus = study.get_trials()[second.number]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"] is True

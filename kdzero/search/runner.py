@@ -70,6 +70,7 @@ def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, 
     proxy_config = config.proxy
     proxy_config.device = device or config.device
     proxy_config.weights = config.score
+    proxy_config.seed = config.seed
     if proxy_config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {proxy_config.device!r} requested but CUDA is not available; use --device cpu")
     factory = partial(create_model, config.student, num_classes=data.num_classes, in_chans=data.in_chans)
@@ -200,7 +201,9 @@ def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None
                 # than leave its trial unfinished.
                 time.sleep(WAIT_POLL)
             else:
-                trials = [study.ask() for _ in range(min(group_size, room))]
+                trials = _without_surplus(study, [study.ask() for _ in range(min(group_size, room))], budget)
+                if not trials:
+                    continue
                 try:
                     evaluated += _evaluate_group(study, task, trials, heartbeat, observer)
                 except BaseException:
@@ -259,6 +262,23 @@ def _evaluate_group(study: optuna.Study, task: ProxyTask, trials: list[optuna.Tr
             observer.trial_finished(trial.number, genome, result, None)
         heartbeat.trial_ids.discard(trial._trial_id)
     return len(fresh)
+
+
+def _without_surplus(study: optuna.Study, trials: list[optuna.Trial], budget: int) -> list[optuna.Trial]:
+    """Drop trials asked beyond the budget: two workers that both saw one free slot ask two trials, and the
+    later-numbered one is failed (marked ``surplus``) before it costs anything. Nothing planned is lost: the
+    budget is already full, and a running trial whose worker dies is re-queued on its own."""
+    trial_states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    kept = []
+    for trial in trials:
+        ahead = sum(1 for number, state in trial_states.items() if number < trial.number and state in counted)
+        if ahead < budget:
+            kept.append(trial)
+            continue
+        trial.set_user_attr("surplus", True)
+        studies._fail(study._storage, trial._trial_id)
+    return kept
 
 
 def _wait_for(study: optuna.Study, number: int, heartbeat: studies.Heartbeat,

@@ -13,34 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_common import AKAMASTER, ensure_cifar10_jpeg, machine_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 GENOMES = ["logit[no,no,no]|kl|no|T4|x1", "feat[pow2,channel,norm_HW]|l2|no|T1|x100",
            "feat[mm,norm_C,no]|l2|no|T1|x100", "emb[no,no,norm_C]|cosine|no|T4|x1"]
-
-
-def machine(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-            f"load {os.getloadavg()[0]:.1f}")
-
-
-def extract(dest: Path) -> Path:
-    if not (dest / "train").is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["tar", "xzf", str(SHARED / "cifar10-jpeg.tar.gz"), "-C", str(dest)], check=True)
-    return dest
 
 
 def main() -> None:
@@ -63,9 +46,9 @@ def main() -> None:
     from kdzero.train import load_data
 
     device = torch.device(args.device)
-    data = load_data(f"imagefolder:{extract(Path(args.data))}", normalize="imagenet", train_subset=1000)
+    data = load_data(f"imagefolder:{ensure_cifar10_jpeg(Path(args.data))}", normalize="imagenet", train_subset=1000)
     teacher = create_model("resnet56a", num_classes=10)
-    load_checkpoint(teacher, SHARED / "teachers" / "akamaster-cifar10" / "resnet56-4bfd9763.th")
+    load_checkpoint(teacher, AKAMASTER / "resnet56-4bfd9763.th")
     config = ProxyConfig(steps=args.steps, batch_size=args.batch_size, num_views=1, device=args.device,
                          warmup_steps=10**9, sharpness_samples=64, cka_samples=64)
     task = ProxyTask(teacher, lambda: create_model("resnet20", num_classes=10), data, config,
@@ -97,7 +80,7 @@ def main() -> None:
         return statistics.median(timings[1:] if len(timings) > 1 else timings)  # first step: warm-up
 
     lines = [f"bench_batched: resnet56a -> resnet20, CIFAR-10 JPEG, batch {args.batch_size}, {args.device}",
-             f"machine: {machine(device)}", "",
+             *machine_lines(), f"load at start {os.getloadavg()[0]:.1f}", "",
              f"{'G':>3} {'looped s/step':>14} {'stacked s/step':>15} {'looped cand/h':>14} {'stacked cand/h':>15}"
              f" {'best vs G=1':>12}"]
     print("\n".join(lines), flush=True)

@@ -21,8 +21,9 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CIFAR10_JPEG = Path("/tmp/cifar10jpeg")
-CIFAR10_TAR = Path("/work/shared/data/cifar10-jpeg.tar.gz")
-AKAMASTER = Path("/work/shared/data/teachers/akamaster-cifar10")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+CIFAR10_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
+AKAMASTER = SHARED_DATA / "teachers" / "akamaster-cifar10"
 
 
 def cpu_model() -> str:

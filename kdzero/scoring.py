@@ -57,27 +57,36 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((gram_x * gram_y).sum() / denom)
 
 
-def sharpness(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, rho: float = DEFAULT_RHO) -> float:
+def sharpness(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, rho: float = DEFAULT_RHO,
+              chunk: int = 64) -> float:
     """Loss increase under one SAM ascent step of radius ``rho`` over all weights (model in eval mode).
 
-    A copy of the model is perturbed, so the caller's weights, BN statistics and frozen flags are untouched.
+    A copy of the model is perturbed, so the caller's weights, BN statistics and frozen flags are untouched. The
+    mean CE and its gradient are accumulated over chunks of ``chunk`` samples, so peak memory is one chunk's
+    activations (a deep teacher on many samples at once dominated a proxy task's memory); the value is the same.
     """
     probe = copy.deepcopy(model).eval()
     params = list(probe.parameters())
     for p in params:
         p.requires_grad_(True)
         p.grad = None
-    loss = F.cross_entropy(probe(inputs).logit.float(), targets)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    n = inputs.shape[0]
+    loss = 0.0
+    for start in range(0, n, chunk):
+        part = F.cross_entropy(probe(inputs[start:start + chunk]).logit.float(), targets[start:start + chunk],
+                               reduction="sum") / n
+        part.backward()
+        loss += float(part.detach())
+    pairs = [(p, p.grad) for p in params if p.grad is not None]
     norm = torch.sqrt(sum((g.float() ** 2).sum() for _, g in pairs))
     if not torch.isfinite(norm) or norm <= 0:
-        return 0.0 if torch.isfinite(loss) else math.inf
+        return 0.0 if math.isfinite(loss) else math.inf
     with torch.no_grad():
         for p, g in pairs:
             p.add_(g, alpha=rho / float(norm))
-        perturbed = F.cross_entropy(probe(inputs).logit.float(), targets)
-    return float(perturbed - loss.detach())
+        perturbed = sum(float(F.cross_entropy(probe(inputs[s:s + chunk]).logit.float(), targets[s:s + chunk],
+                                              reduction="sum")) for s in range(0, n, chunk)) / n
+    return perturbed - loss
 
 
 @torch.no_grad()

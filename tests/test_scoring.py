@@ -201,3 +201,12 @@ def test_combine_non_finite_is_plus_inf(metrics):
 def test_combine_zero_weight_on_infinite_metric_is_still_inf():
     # 0 * inf is nan; a rejected genome (all metrics inf) must never score finite, whatever the weights.
     assert ScoreWeights(1.0, 0.0, 0.0).combine(0.5, math.inf, 0.1) == math.inf
+
+
+def test_chunked_sharpness_equals_one_batch_sharpness():
+    from kdzero.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10, in_chans=1).eval()
+    x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 10, (200,))
+    assert sharpness(model, x, y, chunk=64) == pytest.approx(sharpness(model, x, y, chunk=1000), abs=1e-6)

@@ -204,8 +204,6 @@ def test_combine_zero_weight_on_infinite_metric_is_still_inf():
 
 
 def test_chunked_sharpness_equals_one_batch_sharpness():
-    from kdzero.models import create_model
-
     torch.manual_seed(0)
     model = create_model("resnet8", num_classes=10, in_chans=1).eval()
     x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 10, (200,))

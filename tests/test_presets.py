@@ -36,7 +36,7 @@ def test_presets_are_the_documented_genomes():
         "ickd": "feat[bmm,no,no]|l2|no|T1|x1",
         "cwd": "feat[no,no,no]|kl|no|T4|x1",
         "fitnet": "feat[no,no,no]|l2|no|T1|x100",
-        "dist": "logit[softmax_C,no,no]|pearson|no|T4|x1",
+        "dist": "logit[softmax_C,no,no]|pearson|no|T1|x1",
     }
     assert all(isinstance(genome, Genome) for genome in PRESETS.values())
 

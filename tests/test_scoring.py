@@ -208,3 +208,8 @@ def test_chunked_sharpness_equals_one_batch_sharpness():
     model = create_model("resnet8", num_classes=10, in_chans=1).eval()
     x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 10, (200,))
     assert sharpness(model, x, y, chunk=64) == pytest.approx(sharpness(model, x, y, chunk=1000), abs=1e-6)
+
+
+def test_default_weights_are_the_calibrated_ones():
+    # experiments/results/correlation_calibration.md; change both together.
+    assert ScoreWeights() == ScoreWeights(ce=1.0, s_gap=2.0, cka_gap=1.0)

@@ -31,7 +31,9 @@ NUM_SLOTS = 3
 # The genes a mutation can change, in the order the paper lists them.
 GENES: tuple[str, ...] = ("input", "transform1", "transform2", "transform3", "distance", "weight",
                           "temperature", "magnitude")
-_PROBE_BATCH = 8  # stand-in batch size for shape propagation; any value >= 2 gives the same verdicts
+_PROBE_BATCH = 8
+# Distances for which the loss (after the x T^2 factor) does not depend on the temperature at all.
+TEMPERATURE_FREE_DISTANCES = frozenset({"l2"})  # stand-in batch size for shape propagation; any value >= 2 gives the same verdicts
 
 
 def _format_magnitude(value: float) -> str:
@@ -212,7 +214,8 @@ class Genome:
     @property
     def key(self) -> str:
         """Canonical key: equal for genomes that compute the same loss (no-op slots anywhere, a repeated
-        idempotent op, a reshape that does nothing at its rank). The search never pays twice for one key."""
+        idempotent op, a reshape that does nothing at its rank, the temperature of an l2 genome, where T^2 cancels
+        the division). The search never pays twice for one key."""
         return self._key
 
     def gene(self, name: str):
@@ -358,7 +361,9 @@ def _canonical_key(genome: Genome) -> str:
         if rank in op.ranks:
             probe = (2, 3) if rank == 2 else (2, 3) + (5,) * (rank - 2)
             rank = len(op.output_shape(probe))
-    return (f"{genome.input}[{','.join(effective)}]|{genome.distance}|{genome.weight}|T{genome.temperature}|"
+    # l2 is homogeneous of degree 2: T^2 * mean((s/T - t/T)^2) = mean((s - t)^2), so the temperature cancels.
+    temperature = 1 if genome.distance in TEMPERATURE_FREE_DISTANCES else genome.temperature
+    return (f"{genome.input}[{','.join(effective)}]|{genome.distance}|{genome.weight}|T{temperature}|"
             f"x{_format_magnitude(genome.magnitude)}")
 
 

@@ -355,3 +355,19 @@ def test_validation_reports_missing_input_shape():
 def test_is_valid_mirrors_validate():
     assert PRESETS["at"].is_valid(*AT_SHAPES)
     assert not Genome.parse("logit[bmm,no,no]|l2|no|T1|x1").is_valid(*AT_SHAPES)
+
+
+def test_temperature_drops_out_of_the_key_of_l2_genomes_whose_loss_it_cannot_change():
+    import torch
+
+    from kdzero.features import Features
+    from kdzero.loss import UnifiedLoss
+
+    cold, hot = (Genome.parse(f"feat[mm,norm_C,no]|l2|no|T{t}|x100") for t in (1, 8))
+    assert cold.key == hot.key
+    assert Genome.parse("logit[no,no,no]|kl|no|T1|x1").key != Genome.parse("logit[no,no,no]|kl|no|T4|x1").key
+    torch.manual_seed(0)
+    student = Features(torch.randn(6, 4, 3, 3), torch.randn(6, 4), torch.randn(6, 5))
+    teacher = Features(torch.randn(6, 4, 3, 3), torch.randn(6, 4), torch.randn(6, 5))
+    values = [UnifiedLoss(g)(student=student, teacher=teacher) for g in (cold, hot)]
+    assert torch.allclose(values[0], values[1], rtol=1e-5)

@@ -31,9 +31,9 @@ NUM_SLOTS = 3
 # The genes a mutation can change, in the order the paper lists them.
 GENES: tuple[str, ...] = ("input", "transform1", "transform2", "transform3", "distance", "weight",
                           "temperature", "magnitude")
-_PROBE_BATCH = 8
+_PROBE_BATCH = 8  # stand-in batch size for shape propagation; any value >= 2 gives the same verdicts
 # Distances for which the loss (after the x T^2 factor) does not depend on the temperature at all.
-TEMPERATURE_FREE_DISTANCES = frozenset({"l2"})  # stand-in batch size for shape propagation; any value >= 2 gives the same verdicts
+TEMPERATURE_FREE_DISTANCES = frozenset({"l2"})
 
 
 def _format_magnitude(value: float) -> str:

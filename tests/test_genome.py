@@ -229,7 +229,7 @@ def test_key_drops_batch_on_logit_but_not_on_feat():
 def test_key_distinguishes_every_other_gene():
     base = Genome.parse("feat[pow2,channel,norm_HW]|l2|no|T1|x100")
     variants = [base.with_gene("distance", name) for name in ("l1", "kl", "cosine")]
-    variants += [base.with_gene("weight", "focal"), base.with_gene("temperature", 4),
+    variants += [base.with_gene("weight", "focal"), base.with_gene("distance", "smooth_l1").with_gene("temperature", 4),
                  base.with_gene("magnitude", 0.1), base.with_gene("input", "emb")]
     keys = {base.key, *(v.key for v in variants)}
     assert len(keys) == len(variants) + 1

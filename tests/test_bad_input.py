@@ -495,7 +495,6 @@ def test_unknown_method_and_bad_replay_options_are_refused(capsys, tmp_path, fil
     ("logit[no,no,no]|kl|no|T4|x1", ["--student", "resnet_8"], ("resnet_8", "resnet8")),
 ])
 def test_evaluate_refuses_bad_input_in_one_line(capsys, tmp_path, files, genome, extra, fragments):
-    pytest.importorskip("kdzero.cli.evaluate", reason="kdzero evaluate is not installed")
     extra = [str(files[e]) if e in files else e for e in extra]
     runs = tmp_path / "runs"
     cli_error(capsys, ["evaluate", "--config", files["config"], "--teacher", "resnet8", "--teacher-ckpt",

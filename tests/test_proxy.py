@@ -114,5 +114,7 @@ def test_ce_only_baseline_is_computed_once_and_reused(task):
     assert asdict(baseline)["genome"] == "ce-only"
 
 
-def test_group_size_auto_is_one_on_cpu(task):
-    assert auto_group_size(task) == 1
+def test_group_size_auto_is_the_measured_looped_group_on_cpu(task):
+    from kdzero.proxy import CPU_GROUP
+
+    assert auto_group_size(task) == CPU_GROUP == 4

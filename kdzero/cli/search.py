@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--devices", help="comma-separated devices, one per worker (e.g. cuda:0,cuda:1)")
     g.add_argument("--workers", type=int, help="local worker processes sharing one population (default 1)")
     g.add_argument("--group-size", type=_group_size, metavar="G|auto",
-                   help="candidates trained together in one step loop; auto: the most that fit (1 on CPU)")
+                   help="candidates trained together in one step loop; auto: the most that fit on CUDA, 4 on CPU")
     g.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: SQLite in the run directory)")
     g.add_argument("--study", help="study name in the storage (default: the run name)")
     g.add_argument("--runs-dir", help="parent folder of run directories (default runs)")

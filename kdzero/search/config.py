@@ -62,7 +62,7 @@ class SearchConfig:
     devices: list[str] = field(default_factory=list)
     threads: int = 1
     workers: int = 1
-    group_size: int | str = 1  # candidates trained together, or "auto" (largest that fits; 1 on CPU)
+    group_size: int | str = 1  # candidates trained together, or "auto" (the most that fit on CUDA; 4 on CPU)
     storage: str | None = None
     study: str | None = None
     runs_dir: str = "runs"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,3 +358,15 @@ def plot(df_all: pd.DataFrame, path: str | Path, top: int = 10, baseline: dict |
 
 __all__ = ["COLUMNS", "LeaderboardTable", "arrange", "baseline", "frame", "genome_at", "load_leaderboard",
            "op_frequencies", "open_study", "plot", "rich_table"]
+
+
+class _CallableModule(types.ModuleType):
+    """``kdzero.leaderboard`` names both this module and DESIGN's public function ``kdzero.leaderboard(run)``.
+    Importing the submodule rebinds the package attribute to the module, so the module itself is callable and
+    ``kdzero.leaderboard("runs/NAME")`` works before and after any import of ``kdzero.leaderboard``."""
+
+    def __call__(self, run: str | Path | None = None, **kwargs) -> pd.DataFrame:
+        return load_leaderboard(run, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -193,3 +193,16 @@ def test_cli_bad_locations_are_one_line_and_exit_2(run_dir, tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kdzero leaderboard: error:") and message in err
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_kdzero_leaderboard_stays_callable_after_the_submodule_is_imported(tmp_path):
+    import importlib
+
+    import kdzero
+
+    importlib.import_module("kdzero.leaderboard")
+    assert callable(kdzero.leaderboard)
+    from kdzero.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no search run"):
+        kdzero.leaderboard(tmp_path / "missing")

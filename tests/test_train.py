@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,14 +282,10 @@ def test_replay_needs_exactly_one_distiller(capsys):
 
 
 def test_replay_takes_the_genome_at_rank_k_of_a_run(monkeypatch, tmp_path, teacher_ckpt, capsys):
-    import types
-
     import pandas as pd
 
     board = pd.DataFrame({"rank": [1, 2], "genome": ["logit[no,no,no]|kl|no|T4|x1", "emb[no,no,no]|l2|no|T1|x1"]})
-    fake = types.ModuleType("kdzero.leaderboard")
-    fake.load_leaderboard = lambda run: board
-    monkeypatch.setitem(sys.modules, "kdzero.leaderboard", fake)
+    monkeypatch.setattr("kdzero.leaderboard.load_leaderboard", lambda run, **kwargs: board)
     code = main(["replay", str(tmp_path / "run"), "--rank", "2", "--teacher", "resnet8", "--teacher-ckpt",
                  str(teacher_ckpt), "--epochs", "1", "--train-subset", "100", "--out", str(tmp_path / "out"),
                  "--no-progress", "--json"])
@@ -300,7 +295,6 @@ def test_replay_takes_the_genome_at_rank_k_of_a_run(monkeypatch, tmp_path, teach
     _one_line_error(capsys, "no rank 3")
 
 
-def test_replay_of_a_run_without_leaderboard_reader_exits_2(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "kdzero.leaderboard", None)
-    assert main(["replay", str(tmp_path), "--rank", "1"]) == 2
-    _one_line_error(capsys, "cannot read run")
+def test_replay_of_a_missing_run_exits_2_in_one_line(tmp_path, capsys):
+    assert main(["replay", str(tmp_path / "no-such-run"), "--rank", "1"]) == 2
+    _one_line_error(capsys, "no search run")

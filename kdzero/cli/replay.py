@@ -9,7 +9,7 @@ from rich.table import Table
 
 from kdzero.cli._display import console
 from kdzero.cli.train_teacher import add_training_options, config_from_args, log_line, set_threads
-from kdzero.errors import ConfigError, KdzeroError
+from kdzero.errors import ConfigError
 
 EPILOG = """\
 examples:
@@ -56,22 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def genome_from_run(run_path: str, rank: int) -> str:
-    """The genome text at ``rank`` (1 = best) of search run ``run_path``'s leaderboard."""
-    try:
-        from kdzero.leaderboard import load_leaderboard
-    except ModuleNotFoundError as err:
-        if err.name != "kdzero.leaderboard":
-            raise
-        raise KdzeroError(f"cannot read run {run_path}: this installation has no leaderboard reader "
-                          "(kdzero.leaderboard); pass the genome with --genome instead") from None
-    board = load_leaderboard(run_path)
-    rows = board[board["rank"] == rank]
-    if rows.empty:
-        raise ConfigError(f"run {run_path} has no rank {rank}; its leaderboard holds ranks 1..{len(board)}")
-    return str(rows.iloc[0]["genome"])
-
-
 def _distiller(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(genome, method) from the options, exactly one of them set."""
     if args.rank is not None and not args.run_path:
@@ -84,7 +68,9 @@ def _distiller(args: argparse.Namespace) -> tuple[str | None, str | None]:
         raise ConfigError(f"give exactly one of --genome TEXT, --method NAME or RUN --rank K (got "
                           f"{', '.join(given) or 'none'})")
     if args.rank is not None:
-        return genome_from_run(args.run_path, args.rank), None
+        from kdzero.leaderboard import genome_at
+
+        return genome_at(args.run_path, args.rank), None
     return args.genome, args.method
 
 

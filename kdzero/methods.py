@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from kdzero.errors import ConfigError, suggest
 from kdzero.features import Features
+from kdzero.loss import feature_shapes
 
 Shapes = Mapping[str, Sequence[int]]
 """Per-sample shapes of one side's ``Features``: ``{"feat": (C, H, W), "emb": (D,), "logit": (K,)}``."""
@@ -44,11 +45,6 @@ __all__ = [
     "feature_shapes",
     "list_methods",
 ]
-
-
-def feature_shapes(features: Features) -> dict[str, tuple[int, ...]]:
-    """The per-sample shapes of ``features`` (batch axis dropped), in the form ``create_method`` expects."""
-    return {name: tuple(tensor.shape[1:]) for name, tensor in zip(Features._fields, features)}
 
 
 class Distiller(nn.Module):

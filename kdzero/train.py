@@ -42,6 +42,7 @@ from torch import nn
 from kdzero.data import DatasetSplits, ImageSplit, augment, load_dataset, proxy_subset
 from kdzero.errors import CheckpointError, ConfigError, KdzeroError, suggest
 from kdzero.features import Features
+from kdzero.loss import UnifiedLoss, feature_shapes
 from kdzero.models import create_model, load_checkpoint
 
 CRD_MILESTONES: tuple[int, ...] = (150, 180, 210)
@@ -203,7 +204,7 @@ def probe_shapes(model: nn.Module, split: ImageSplit) -> dict[str, tuple[int, ..
     if not isinstance(out, Features):
         raise ConfigError(f"{type(model).__name__} must return Features(feat, emb, logit); wrap it with "
                           "kdzero.models.wrap_model")
-    return {name: tuple(t.shape[1:]) for name, t in zip(Features._fields, out)}
+    return feature_shapes(out)
 
 
 def check_classes(model: nn.Module, data: DatasetSplits, role: str) -> None:
@@ -618,8 +619,6 @@ def build_distiller(
         raise ConfigError("give exactly one of a genome and a method")
     s_shapes, t_shapes = probe_shapes(student, data.test), probe_shapes(teacher, data.test)
     if genome is not None:
-        from kdzero.loss import UnifiedLoss
-
         return UnifiedLoss(genome, s_shapes, t_shapes)
     from kdzero.methods import create_method
 

@@ -25,8 +25,11 @@ def _weighted_mean(distances: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return (distances * weights.to(distances.dtype)).mean()
 
 
-def _labels(teacher_logit: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    return teacher_logit.argmax(dim=1) if target is None else target
+def _true_class_probability(logit: torch.Tensor, teacher_logit: torch.Tensor,
+                            target: torch.Tensor | None) -> torch.Tensor:
+    """softmax(logit)[y] per sample, y the labels or, without labels, the teacher's arg-max."""
+    labels = teacher_logit.argmax(dim=1) if target is None else target
+    return torch.softmax(logit.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
 @register(formula="mean_i d_i")
@@ -51,9 +54,7 @@ def focal(distances: torch.Tensor, student_logit: torch.Tensor, teacher_logit: t
           target: torch.Tensor | None) -> torch.Tensor:
     """Focal weighting (gamma 2): samples the student still gets wrong count more."""
     with torch.no_grad():
-        p_true = torch.softmax(student_logit.float(), dim=1).gather(
-            1, _labels(teacher_logit, target).view(-1, 1)).squeeze(1)
-        weights = (1.0 - p_true).pow(FOCAL_GAMMA)
+        weights = (1.0 - _true_class_probability(student_logit, teacher_logit, target)).pow(FOCAL_GAMMA)
     return _weighted_mean(distances, weights)
 
 
@@ -72,6 +73,5 @@ def conf(distances: torch.Tensor, student_logit: torch.Tensor, teacher_logit: to
          target: torch.Tensor | None) -> torch.Tensor:
     """Teacher-confidence weighting: trust the teacher where it puts mass on the true class."""
     with torch.no_grad():
-        weights = torch.softmax(teacher_logit.float(), dim=1).gather(
-            1, _labels(teacher_logit, target).view(-1, 1)).squeeze(1)
+        weights = _true_class_probability(teacher_logit, teacher_logit, target)
     return _weighted_mean(distances, weights)

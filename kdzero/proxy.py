@@ -219,7 +219,8 @@ class _Candidate:
             generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
             self.loss_fn = UnifiedLoss(genome, task.student_shapes, task.teacher_shapes, generator=generator)
             self.loss_fn.to(task.device)
-        self.optimizer = _sgd(list(self.student.parameters()) + self.loss_parameters(), cfg)
+        self.trained = list(self.student.parameters()) + self.loss_parameters()
+        self.optimizer = _sgd(self.trained, cfg)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.steps)
         self.ce_ema: float | None = None
         self.ce_curve: list[float] = []
@@ -270,8 +271,7 @@ class _Candidate:
                 total, ce = self.losses(task, step, out, y, teacher)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for group in self.optimizer.param_groups for p in group["params"]], cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trained, cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise _Rejected("training", f"non-finite gradient at step {step + 1}")
             self.optimizer.step()

@@ -194,6 +194,8 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating_trials(tiny
     before: dict[int, float] = {}
     while time.time() < deadline:
         time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended before it could be killed:\n{proc.communicate()[0]}")
         db = runs / "killed" / "study.db"
         if not db.exists():
             continue
@@ -201,11 +203,11 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating_trials(tiny
             trials = _study(runs, "killed").get_trials()
         except Exception:
             continue
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        if complete and any(t.state == TrialState.RUNNING for t in trials):
-            before = {t.number: t.value for t in complete}
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if finished and any(t.state == TrialState.RUNNING for t in trials):
+            before = {t.number: (t.state, t.value) for t in finished}
             break
-    assert before, "the search never reached a running trial after a complete one"
+    assert before, "the search never reached a running trial after a finished one"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rerun = _search(args, runs)
@@ -213,8 +215,8 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating_trials(tiny
     assert rerun.returncode == 0, output
     study = _study(runs, "killed")
     _check_whole(study, budget=10)
-    after = {t.number: t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
-    assert all(after[n] == v for n, v in before.items()), "a finished trial changed or vanished"
+    after = {t.number: (t.state, t.value) for t in study.get_trials()}
+    assert all(after[n] == kept for n, kept in before.items()), "a finished trial changed or vanished"
     failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert failed and all(any(r.user_attrs.get("retry_of") == f.number for r in study.get_trials()) for f in failed)
     assert "leaderboard" in output

@@ -66,8 +66,7 @@ def main() -> None:
         group = _StackedGroup(task, candidates) if stacked else None
         timings = []
         for step, (view_ids, indices) in enumerate(batches):
-            x, y = task.views.batch(view_ids, indices), task.labels[indices]
-            teacher_out = task.cache.get(view_ids, indices)
+            x, y, teacher_out = task.batch(view_ids, indices)
             sync()
             start = time.perf_counter()
             if group is not None:

@@ -3,24 +3,29 @@ proxy loop, for the same genomes, the same images and the same number of steps, 
 
 Pair: resnet56a (akamaster CIFAR-10 weights) -> resnet20 on CIFAR-10 JPEG, batch 64.
 
-* ``kdzero``: a ``ProxyTask`` (teacher outputs cached once for V views, resident uint8 tensors, tensor
-  augmentation, loss rejection); each candidate is ``evaluate(task, [genome])``: training, then val CE,
-  sharpness (one SAM step) and CKA gap.
-* ``straightforward``: what one writes without the proxy machinery: a torch ``DataLoader`` (num_workers=0) over a
+* ``kdzero fp32``: a ``ProxyTask`` with the default ``ProxyConfig`` (teacher outputs cached once for V views,
+  resident uint8 tensors, tensor augmentation, channels_last students, loss rejection); each candidate is
+  ``evaluate(task, [genome])``: training, then val CE, sharpness (one SAM step) and CKA gap.
+* ``kdzero bf16``: the same with ``bf16=True`` (``--bf16`` on the CLI): the student's forward under bf16 autocast,
+  losses in fp32. On a CPU with AMX this is where most of the speed is (experiments/bench_precision.py).
+* ``plain``: what one writes without the proxy machinery: a torch ``DataLoader`` (num_workers=0) over a
   ``torchvision.datasets.ImageFolder`` of the same JPEG files (PIL decoding every time) with RandomCrop(32, 4) +
   RandomHorizontalFlip + ToTensor + Normalize, the teacher's forward on every batch, the same CE + UnifiedLoss
-  step, no rejection; then val CE and accuracy over the same validation images through a DataLoader.
+  step in fp32, no rejection; then the same metrics: one validation pass running student and teacher (val CE,
+  accuracy, CKA gap) and the student's sharpness (the teacher's is computed once).
 
 The genomes: presets, a few random valid genomes of the shrunk space, and two known-bad genomes that the proxy
-rejects on the first batch. kdzero's one-off costs (building the teacher cache, the CE-only reference run) are
-reported separately and amortised over a search of ``--amortise`` candidates. Target (issue): >= 3x on CPU.
+rejects on the first batch (the report also gives the ratio over the valid genomes alone). One-off costs
+(teacher cache and CE-only reference for kdzero; the folder scan and teacher sharpness for plain) are reported
+separately and amortised over a search of ``--amortise`` candidates. Target (issue): >= 3x on CPU.
 
-    python experiments/bench_proxy.py                            # ~5 minutes on 2 shared cores
-    python experiments/bench_proxy.py --steps 150 --presets all   # the default proxy length, every preset
+    python experiments/bench_proxy.py                    # ~15 minutes on one quiet core
+    python experiments/bench_proxy.py --steps 30 --random 1   # a quick look
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import random
 import statistics
@@ -40,6 +45,7 @@ from kdzero.genome import SHRUNK_SPACE
 from kdzero.loss import check_runs
 from kdzero.models import create_model, load_checkpoint
 from kdzero.proxy import ProxyConfig, ProxyTask, evaluate
+from kdzero.scoring import linear_cka, sharpness
 from kdzero.train import NORMALIZATIONS, load_data
 
 BAD_GENOMES = ("feat[pow4,exp,pow4]|l2|no|T1|x100", "emb[exp,pow4,no]|l2|no|T1|x100")
@@ -48,7 +54,8 @@ BAD_GENOMES = ("feat[pow4,exp,pow4]|l2|no|T1|x100", "emb[exp,pow4,no]|l2|no|T1|x
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=15, help="training steps per candidate (default 15)")
+    parser.add_argument("--steps", type=int, default=120,
+                        help="training steps per candidate (default 120, the search's default proxy)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--views", type=int, default=2, help="views in the teacher cache (default 2)")
     parser.add_argument("--train-per-class", type=int, default=50, help="proxy train images per class (default 50)")
@@ -57,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--random", type=int, default=2, help="random valid genomes (default 2)")
     parser.add_argument("--amortise", type=int, default=40,
                         help="candidates a search shares kdzero's one-off costs over (default 40: 12 + 28)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast kdzero variant")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--out", default=None, help="results file (default experiments/results/bench_proxy.txt)")
     return parser.parse_args()
@@ -80,7 +88,12 @@ def pick_genomes(args: argparse.Namespace, task: ProxyTask) -> list[Genome]:
 
 
 class Straightforward:
-    """The cache-less, DataLoader-based proxy loop over the same files."""
+    """The cache-less, DataLoader-based proxy loop over the same files, scoring what kdzero scores.
+
+    Per candidate: train with the teacher's forward on every batch, then one pass over the validation loader
+    running student and teacher (val CE and accuracy, both models' features for the CKA gap), and the student's
+    sharpness (``kdzero.scoring.sharpness``, the same formula). The teacher's sharpness is computed once, up front.
+    """
 
     def __init__(self, root: Path, train_files: list[int], val_files: list[int], teacher, task: ProxyTask,
                  config: ProxyConfig) -> None:
@@ -96,6 +109,12 @@ class Straightforward:
         self.val_set = Subset(datasets.ImageFolder(str(root / "train"), transform=val_tf), val_files)
         self.loader_cls = DataLoader
         self.teacher, self.task, self.config = teacher, task, config
+        x, y = self.val_tensors(config.sharpness_samples)
+        self.teacher_sharpness = sharpness(teacher, x, y, rho=config.rho)
+
+    def val_tensors(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(iter(self.loader_cls(self.val_set, batch_size=n, num_workers=0)))
+        return x, y
 
     def candidate(self, genome: Genome, steps: int) -> dict:
         cfg = self.config
@@ -124,14 +143,22 @@ class Straightforward:
                 if done == steps:
                     break
         student.eval()
-        ce_sum, correct, count = 0.0, 0, 0
+        ce_sum, correct, count, s_feats, t_feats = 0.0, 0, 0, [], []
         with torch.no_grad():
-            for x, y in self.loader_cls(self.val_set, batch_size=512, num_workers=0):
-                logit = student(x).logit
-                ce_sum += float(F.cross_entropy(logit, y, reduction="sum"))
-                correct += int((logit.argmax(1) == y).sum())
+            for x, y in self.loader_cls(self.val_set, batch_size=500, num_workers=0):
+                out = student(x)
+                t_feats.append(self.teacher(x).feat)
+                s_feats.append(out.feat)
+                ce_sum += float(F.cross_entropy(out.logit, y, reduction="sum"))
+                correct += int((out.logit.argmax(1) == y).sum())
                 count += y.numel()
-        return {"val_ce": ce_sum / count, "val_acc": correct / count}
+        n = cfg.cka_samples
+        cka_gap = 1.0 - linear_cka(torch.cat(s_feats)[:n], torch.cat(t_feats)[:n])
+        s_gap = abs(sharpness(student, *self.val_tensors(cfg.sharpness_samples), rho=cfg.rho)
+                    - self.teacher_sharpness)
+        val_ce = ce_sum / count
+        return {"val_ce": val_ce, "val_acc": correct / count, "s_gap": s_gap, "cka_gap": cka_gap,
+                "score": cfg.weights.combine(val_ce, s_gap, cka_gap)}
 
 
 def file_indices(root: Path, data, train_rows: torch.Tensor, val_rows: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -149,6 +176,15 @@ def file_indices(root: Path, data, train_rows: torch.Tensor, val_rows: torch.Ten
     return train_files, val_files
 
 
+def build_task(teacher, data, config: ProxyConfig, cache_dir: str) -> tuple[ProxyTask, float]:
+    """A ProxyTask and its CE-only reference run; the seconds both took (kdzero's one-off cost)."""
+    start = time.perf_counter()
+    task = ProxyTask(teacher, lambda: create_model("resnet20", num_classes=10), data, config, cache_dir,
+                     log=lambda m: None)
+    task.baseline()
+    return task, time.perf_counter() - start
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -159,78 +195,73 @@ def main() -> None:
     teacher = create_model("resnet56a", num_classes=10)
     load_checkpoint(teacher, AKAMASTER / "resnet56-4bfd9763.th")
     teacher.eval().requires_grad_(False)
+    plain_teacher = copy.deepcopy(teacher)  # kdzero's task converts its teacher to channels_last
     val_n = len(data.val)
     config = ProxyConfig(steps=args.steps, batch_size=args.batch_size, num_views=args.views,
                          train_subset=args.train_per_class, cka_samples=min(512, val_n),
                          sharpness_samples=min(256, val_n), seed=0)
-
+    variants = {"kdzero fp32": config}
+    if not args.no_bf16:
+        variants["kdzero bf16"] = replace(config, bf16=True)
+    tasks, one_off = {}, {}
     with tempfile.TemporaryDirectory() as cache_dir:
-        start = time.perf_counter()
-        task = ProxyTask(teacher, lambda: create_model("resnet20", num_classes=10), data, config, cache_dir,
-                         log=lambda m: None)
-        task_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    task.baseline()
-    baseline_seconds = time.perf_counter() - start
-    one_off = task_seconds + baseline_seconds
+        for name, cfg in variants.items():  # the second task loads the first one's teacher cache
+            tasks[name], one_off[name] = build_task(teacher, data, cfg, cache_dir)
+    task = tasks["kdzero fp32"]
 
     subset = proxy_subset(data.train, per_class=args.train_per_class, seed=config.seed)
     train_files, val_files = file_indices(root, data, subset.indices, data.val.indices)
     start = time.perf_counter()
-    plain = Straightforward(root, train_files, val_files, teacher, task, config)
-    plain_setup = time.perf_counter() - start
+    plain = Straightforward(root, train_files, val_files, plain_teacher, task, config)
+    one_off["plain"] = time.perf_counter() - start
     genomes = pick_genomes(args, task)
+    names = ["plain", *variants]
 
     report.add(f"pair: resnet56a (akamaster) -> resnet20 on CIFAR-10 JPEG; {len(train_files)} train images, "
                f"{val_n} val images, batch {args.batch_size}, {args.steps} steps per candidate, "
-               f"{args.views} cached views")
-    report.add(f"kdzero one-off: ProxyTask {task_seconds:.1f} s (teacher cache of {args.views} x "
-               f"{len(train_files)} images, val features, teacher sharpness) + CE-only reference "
-               f"{baseline_seconds:.1f} s; straightforward one-off: ImageFolder scan {plain_setup:.1f} s")
+               f"{args.views} cached views; every candidate scored (val CE, S-gap, CKA gap)")
+    report.add("one-off costs: " + "; ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in one_off.items()) +
+        "  (kdzero: teacher cache, val features, teacher sharpness, CE-only reference run; the second kdzero task "
+        "reuses the first's cache. plain: ImageFolder scan, teacher sharpness)")
     plain.candidate(genomes[0], 2)  # warm-up of the DataLoader path (kdzero's was the CE-only run)
-    report.add(f"{len(genomes)} genomes, each evaluated by both, order alternating per genome:")
-    report.add(f"  {'genome':44s} {'kdzero s':>9s} {'plain s':>8s} {'ratio':>6s}  kdzero outcome")
-    ours_t, plain_t = [], []
+    report.add(f"{len(genomes)} genomes, each evaluated by all, the order rotating per genome (seconds):")
+    report.add(f"  {'genome':44s} " + " ".join(f"{n:>12s}" for n in names) + "  kdzero outcome (score: fp32 / "
+               "bf16 / plain)")
+    seconds = {name: [] for name in names}
     for i, genome in enumerate(genomes):
-        def run_ours(genome=genome):
-            return evaluate(task, [genome])[0]
-
-        def run_plain(genome=genome):
-            return plain.candidate(genome, args.steps)
-
-        timed = {}
-        for name, fn in ((("ours", run_ours), ("plain", run_plain)) if i % 2 == 0 else
-                         (("plain", run_plain), ("ours", run_ours))):
+        runners = {"plain": lambda genome=genome: plain.candidate(genome, args.steps)}
+        for name in variants:
+            runners[name] = lambda genome=genome, name=name: evaluate(tasks[name], [genome])[0]
+        order = names[i % len(names):] + names[:i % len(names)]
+        outcome = {}
+        for name in order:
             start = time.perf_counter()
-            value = fn()
-            timed[name] = (time.perf_counter() - start, value)
-        (o_s, result), (p_s, plain_result) = timed["ours"], timed["plain"]
-        ours_t.append(o_s)
-        plain_t.append(p_s)
-        outcome = (f"rejected ({result.stage}, step {result.steps}: {result.reason[:40]})" if result.rejected
-                   else f"score {result.score:.3f}, val CE {result.val_ce:.3f} (plain {plain_result['val_ce']:.3f})")
-        report.add(f"  {genome!s:44s} {o_s:9.1f} {p_s:8.1f} {p_s / o_s:5.1f}x  {outcome}")
+            outcome[name] = runners[name]()
+            seconds[name].append(time.perf_counter() - start)
+        result = outcome["kdzero fp32"]
+        if result.rejected:
+            text = f"rejected ({result.stage}, step {result.steps}: {result.reason[:40]})"
+        else:
+            scores = [f"{outcome[n].score:.3f}" for n in variants] + [f"{outcome['plain']['score']:.3f}"]
+            text = "score " + " / ".join(scores)
+        report.add(f"  {genome!s:44s} " + " ".join(f"{seconds[n][-1]:12.1f}" for n in names) + f"  {text}")
 
     n = len(genomes)
-    ours_rate, plain_rate = 3600 * n / sum(ours_t), 3600 * n / sum(plain_t)
-    amortised = 3600 / (sum(ours_t) / n + one_off / args.amortise)
-    plain_amortised = 3600 / (sum(plain_t) / n + plain_setup / args.amortise)
-    report.add("")
-    report.add(f"kdzero proxy      : {ours_rate:7.1f} candidates/h  (median {statistics.median(ours_t):.1f} s per "
-               f"candidate)")
-    report.add(f"straightforward   : {plain_rate:7.1f} candidates/h  (median {statistics.median(plain_t):.1f} s per "
-               f"candidate)")
-    report.add(f"ratio             : {ours_rate / plain_rate:.2f}x  (target >= 3x: "
-               f"{'met' if ours_rate / plain_rate >= 3 else 'MISSED'})")
-    report.add(f"with one-off costs amortised over {args.amortise} candidates: {amortised:.1f} vs "
-               f"{plain_amortised:.1f} candidates/h = {amortised / plain_amortised:.2f}x")
+    rate = {name: 3600 * n / sum(seconds[name]) for name in names}
+    amortised = {name: 3600 / (sum(seconds[name]) / n + one_off[name] / args.amortise) for name in names}
     good = [i for i, g in enumerate(genomes) if str(g) not in BAD_GENOMES]
-    ratio_good = sum(plain_t[i] for i in good) / sum(ours_t[i] for i in good)
-    report.add(f"valid genomes only (no rejection benefit): {ratio_good:.2f}x; median per-genome ratio "
-               f"{statistics.median(p / o for p, o in zip(plain_t, ours_t)):.2f}x")
-    report.add("note: kdzero's candidate also computes sharpness (a SAM step) and CKA gap; the plain loop only val "
-               "CE/accuracy")
-    if not math.isfinite(ours_rate):
+    report.add("")
+    for name in names:
+        report.add(f"{name:12s}: {rate[name]:7.1f} candidates/h (median {statistics.median(seconds[name]):6.1f} s); "
+                   f"one-off amortised over {args.amortise}: {amortised[name]:7.1f}/h")
+    for name in variants:
+        ratio = rate[name] / rate["plain"]
+        ratio_good = sum(seconds["plain"][i] for i in good) / sum(seconds[name][i] for i in good)
+        report.add(f"ratio {name} / plain: {ratio:.2f}x  (target >= 3x: {'met' if ratio >= 3 else 'MISSED'}); "
+                   f"amortised {amortised[name] / amortised['plain']:.2f}x; valid genomes only (no rejection "
+                   f"benefit) {ratio_good:.2f}x")
+    if not all(math.isfinite(r) for r in rate.values()):
         report.add("warning: no timings")
     report.finish()
 

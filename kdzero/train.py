@@ -87,7 +87,7 @@ class TrainConfig:
     ``milestones`` None (the default) means the CRD milestones scaled to ``epochs`` (``scaled_milestones``), so
     ``TrainConfig(epochs=30)`` decays at 19/23/26 and ``TrainConfig()`` at 150/180/210; give a tuple to fix them.
     ``amp`` runs forward passes under bf16 autocast (CUDA, or a CPU with native bf16 such as AMX, where dense
-    CNNs step 2-3.5x faster and depthwise ones slower: experiments/results/cpu_precision.txt); losses stay fp32.
+    CNNs step 2-3.5x faster and depthwise ones slower: experiments/results/bench_precision.txt); losses stay fp32.
     ``channels_last`` runs convolutions in NHWC, never slower in that measurement. ``augment`` toggles crop (and
     flip, where the dataset allows it). The test split is evaluated every ``eval_every`` epochs and after the last.
     """

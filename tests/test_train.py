@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdzero.cli import main
@@ -171,6 +172,27 @@ def test_teacher_is_frozen_and_connector_is_trained(digits):
     train_model(student, digits, TrainConfig(epochs=1), teacher=teacher, distill_loss=loss, progress=False)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_teacher.items())
     assert any(not torch.equal(a, b) for a, b in zip(before_connector, loss.parameters()))
+
+
+def test_bf16_autocast_trains_on_cpu_close_to_fp32_with_the_loss_in_fp32(digits):
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, student: Features, teacher: Features, target: torch.Tensor) -> torch.Tensor:
+            seen.append((student.logit.dtype, teacher.feat.dtype, student.feat.is_contiguous()))
+            return F.kl_div(F.log_softmax(student.logit, 1), F.softmax(teacher.logit, 1), reduction="batchmean")
+
+    results, conv_dtypes = {}, {}
+    for amp in (False, True):
+        student, teacher = _tiny_pair(0)
+        dtypes = conv_dtypes[amp] = set()
+        student.conv.register_forward_hook(lambda module, args, out, dtypes=dtypes: dtypes.add(out.dtype))
+        config = TrainConfig(epochs=4, batch_size=32, lr=0.1, amp=amp)
+        results[amp] = train_model(student, digits, config, teacher=teacher, distill_loss=Recorder(), progress=False)
+    assert conv_dtypes == {False: {torch.float32}, True: {torch.bfloat16}}
+    assert set(seen) == {(torch.float32, torch.float32, True)}  # losses never see bf16 or NHWC tensors
+    assert abs(results[True].last_acc - results[False].last_acc) <= 5.0
+    assert abs(results[True].history[-1].train_loss - results[False].history[-1].train_loss) <= 0.05
 
 
 class NanDistiller(nn.Module):

@@ -8,6 +8,10 @@ Pair: resnet56a (akamaster CIFAR-10 weights) -> resnet20 on CIFAR-10 JPEG, batch
   ``evaluate(task, [genome])``: training, then val CE, sharpness (one SAM step) and CKA gap.
 * ``kdzero bf16``: the same with ``bf16=True`` (``--bf16`` on the CLI): the student's forward under bf16 autocast,
   losses in fp32. On a CPU with AMX this is where most of the speed is (experiments/bench_precision.py).
+* ``kdzero ... grouped``: the same tasks evaluating the genomes the way a CPU search does, ``CPU_GROUP`` at a
+  time (``evaluate(task, genomes[i:i + CPU_GROUP])``): the students step one after another over one shared batch
+  stream, so a batch and its cached teacher outputs are fetched once per group. Results are bit-identical to
+  one-at-a-time evaluation (the report checks it).
 * ``plain``: what one writes without the proxy machinery: a torch ``DataLoader`` (num_workers=0) over a
   ``torchvision.datasets.ImageFolder`` of the same JPEG files (PIL decoding every time) with RandomCrop(32, 4) +
   RandomHorizontalFlip + ToTensor + Normalize, the teacher's forward on every batch, the same CE + UnifiedLoss
@@ -19,7 +23,7 @@ rejects on the first batch (the report also gives the ratio over the valid genom
 (teacher cache and CE-only reference for kdzero; the folder scan and teacher sharpness for plain) are reported
 separately and amortised over a search of ``--amortise`` candidates. Target (issue): >= 3x on CPU.
 
-    python experiments/bench_proxy.py                    # ~15 minutes on one quiet core
+    python experiments/bench_proxy.py                    # ~20 minutes on one quiet core
     python experiments/bench_proxy.py --steps 30 --random 1   # a quick look
 """
 from __future__ import annotations
@@ -44,7 +48,7 @@ from kdzero.errors import GenomeError
 from kdzero.genome import SHRUNK_SPACE
 from kdzero.loss import check_runs
 from kdzero.models import create_model, load_checkpoint
-from kdzero.proxy import ProxyConfig, ProxyTask, evaluate
+from kdzero.proxy import CPU_GROUP, ProxyConfig, ProxyTask, evaluate
 from kdzero.scoring import linear_cka, sharpness
 from kdzero.train import NORMALIZATIONS, load_data
 
@@ -185,6 +189,11 @@ def build_task(teacher, data, config: ProxyConfig, cache_dir: str) -> tuple[Prox
     return task, time.perf_counter() - start
 
 
+def without_time(result) -> dict:
+    """A ProxyResult's fields other than its wall time, for comparing two evaluations of one genome."""
+    return {k: v for k, v in result.to_dict().items() if k != "seconds"}
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -229,6 +238,7 @@ def main() -> None:
     report.add(f"  {'genome':44s} " + " ".join(f"{n:>12s}" for n in names) + "  kdzero outcome (score: fp32 / "
                "bf16 / plain)")
     seconds = {name: [] for name in names}
+    single = {name: [] for name in variants}
     for i, genome in enumerate(genomes):
         runners = {"plain": lambda genome=genome: plain.candidate(genome, args.steps)}
         for name in variants:
@@ -239,6 +249,8 @@ def main() -> None:
             start = time.perf_counter()
             outcome[name] = runners[name]()
             seconds[name].append(time.perf_counter() - start)
+        for name in variants:
+            single[name].append(outcome[name])
         result = outcome["kdzero fp32"]
         if result.rejected:
             text = f"rejected ({result.stage}, step {result.steps}: {result.reason[:40]})"
@@ -248,9 +260,31 @@ def main() -> None:
         report.add(f"  {genome!s:44s} " + " ".join(f"{seconds[n][-1]:12.1f}" for n in names) + f"  {text}")
 
     n = len(genomes)
+    report.add("")
+    report.add(f"the same genomes in the search's CPU groups of {CPU_GROUP} (students looped over one batch stream):")
+    good = [i for i, g in enumerate(genomes) if str(g) not in BAD_GENOMES]
+    bad = [i for i in range(n) if i not in good]
+    for name in variants:
+        # Valid and bad genomes are grouped apart so that the valid-only ratio below is measured, not apportioned;
+        # a rejected genome leaves its group at step 1, so mixing them would change the total by well under 1%.
+        per_genome, grouped = [0.0] * n, {}
+        for part in (good, bad):
+            for j in range(0, len(part), CPU_GROUP):
+                chunk = part[j:j + CPU_GROUP]
+                start = time.perf_counter()
+                grouped.update(zip(chunk, evaluate(tasks[name], [genomes[i] for i in chunk])))
+                wall = time.perf_counter() - start
+                for i in chunk:
+                    per_genome[i] = wall / len(chunk)
+        seconds[f"{name} grouped"] = per_genome
+        one_off[f"{name} grouped"] = one_off[name]
+        same = all(without_time(grouped[i]) == without_time(single[name][i]) for i in range(n))
+        report.add(f"  {name} grouped: {n} candidates in {sum(per_genome):.1f} s; results identical to one at a "
+                   f"time: {'yes' if same else 'NO'}")
+    variants = {**variants, **{f"{name} grouped": cfg for name, cfg in variants.items()}}
+    names = ["plain", *variants]
     rate = {name: 3600 * n / sum(seconds[name]) for name in names}
     amortised = {name: 3600 / (sum(seconds[name]) / n + one_off[name] / args.amortise) for name in names}
-    good = [i for i, g in enumerate(genomes) if str(g) not in BAD_GENOMES]
     report.add("")
     for name in names:
         report.add(f"{name:12s}: {rate[name]:7.1f} candidates/h (median {statistics.median(seconds[name]):6.1f} s); "

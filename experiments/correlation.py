@@ -60,7 +60,7 @@ from kdzero.genome import SHRUNK_SPACE, Genome
 from kdzero.loss import UnifiedLoss
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
-from kdzero.proxy import ProxyConfig, ProxyResult, ProxyTask, evaluate
+from kdzero.proxy import CPU_GROUP, ProxyConfig, ProxyResult, ProxyTask, evaluate
 from kdzero.scoring import ScoreWeights
 from kdzero.train import TrainConfig, ensure_teacher, load_data, train_model
 
@@ -130,9 +130,9 @@ def setup(args: argparse.Namespace):
     return proxy_data, train_data, teacher, student, note
 
 
-def proxy_config(args: argparse.Namespace, bf16: bool = False) -> ProxyConfig:
+def proxy_config(args: argparse.Namespace, bf16: bool = False, steps: int | None = None) -> ProxyConfig:
     subset = None if args.dataset == "digits" or not args.proxy_subset else args.proxy_subset // 10
-    return ProxyConfig(steps=args.proxy_steps, num_views=args.views, train_subset=subset, seed=args.seed,
+    return ProxyConfig(steps=steps or args.proxy_steps, num_views=args.views, train_subset=subset, seed=args.seed,
                        bf16=bf16)
 
 
@@ -144,6 +144,31 @@ def bf16_check(task: ProxyTask, plan: list[tuple[str, ProxyResult]], state: dict
     for genome, result in zip(todo, evaluate(task, todo) if todo else []):
         scores[str(genome)] = result.to_dict()
     state_path.write_text(json.dumps(state, indent=1) + "\n")
+
+
+def budget_path(stem: Path, steps: int) -> Path:
+    return stem.with_name(f"{stem.name}_proxy{steps}steps.json")
+
+
+def budget_study(make_task, plan: list[tuple[str, ProxyResult]], stem: Path, identity: dict, steps: int) -> dict:
+    """Proxy-score every planned genome again with a ``steps``-step budget (``--budgets``), saving after each
+    group to ``<stem>_proxy<steps>steps.json`` so an interrupted study resumes; returns {genome: result dict}.
+    The final accuracies do not depend on the proxy, so one training stage serves every budget."""
+    path = budget_path(stem, steps)
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("identity") != identity:
+        saved = {"identity": identity, "steps": steps, "results": {}}
+    results = saved["results"]
+    todo = [Genome.parse(r.genome) for _, r in plan if r.genome not in results]
+    if todo:
+        task = make_task(steps)
+        log(f"proxy budget {steps} steps: {len(todo)} genomes to score")
+        for i in range(0, len(todo), CPU_GROUP):
+            group = todo[i:i + CPU_GROUP]
+            for genome, result in zip(group, evaluate(task, group)):
+                results[str(genome)] = result.to_dict()
+            path.write_text(json.dumps(saved, indent=1) + "\n")
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ proxy stage
@@ -262,8 +287,34 @@ def correlations(rows: list[dict], weights: ScoreWeights) -> list[tuple[str, flo
     return out
 
 
+def budget_lines(rows: list[dict], budgets: dict[int, dict], main_steps: int,
+                 weights: ScoreWeights) -> list[str]:
+    """The proxy budget study as a markdown table: Spearman of each predictor against final top-1 per budget."""
+    table = {main_steps: {r["genome"]: r for r in rows}}
+    for steps, results in budgets.items():
+        table[steps] = {g: {**r, "proxy_s": r["seconds"]} for g, r in results.items()
+                        if r.get("score") is not None}
+    names = [n for n, _ in PREDICTORS]
+    lines = ["Proxy budget study: the same genomes and final accuracies, proxy-scored at several step budgets "
+             "(Spearman with final top-1; weights as above):", "",
+             f"| proxy steps | n | {' | '.join(names)} | proxy top-1 | proxy s/genome |",
+             "|---:|---:|" + "---:|" * (len(names) + 2)]
+    for steps in sorted(table):
+        scored = [(table[steps][r["genome"]], r["last_acc"]) for r in rows if r["genome"] in table[steps]]
+        if len(scored) < 3:
+            continue
+        acc = [a for _, a in scored]
+        cells = [stats.spearmanr([-sum(getattr(weights, WEIGHT_FIELD[k]) * p[k] for k in keys)
+                                  for p, _ in scored], acc)[0] for _, keys in PREDICTORS]
+        cells.append(stats.spearmanr([p["val_acc"] for p, _ in scored], acc)[0])
+        seconds = sum(p["proxy_s"] for p, _ in scored) / len(scored)
+        lines.append(f"| {steps}{' (main)' if steps == main_steps else ''} | {len(scored)} | "
+                     + " | ".join(f"{c:.3f}" for c in cells) + f" | {seconds:.1f} |")
+    return [*lines, ""]
+
+
 def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: argparse.Namespace,
-                   weights: ScoreWeights, expected: int, elapsed: float) -> str:
+                   weights: ScoreWeights, expected: int, elapsed: float, budgets: dict[int, dict]) -> str:
     lines = [f"# Proxy metrics vs final accuracy ({args.dataset})", "", note + ".", "",
              f"Score weights in force: ce {weights.ce:g}, s_gap {weights.s_gap:g}, cka_gap {weights.cka_gap:g}. "
              "Sign convention: each metric is lower-is-better and is negated, so a positive coefficient means the "
@@ -298,6 +349,8 @@ def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: a
                   f"{stats.spearmanr([-x for x in fp32_scores], acc)[0]:.3f}); proxy seconds per genome "
                   f"{bf16_seconds / len(paired):.1f} (fp32: {sum(r['proxy_s'] for r in paired) / len(paired):.1f}).",
                   ""]
+    if budgets and len(rows) >= 3:
+        lines += budget_lines(rows, budgets, args.proxy_steps, weights)
     lines += ["| genome | val CE | S-gap | CKA-gap | score | proxy top-1 % | final top-1 % | best top-1 % |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["score"]):
@@ -369,6 +422,10 @@ def main() -> None:
                         help="full training under bf16 autocast (CUDA, or a CPU with AMX: 2-3.5x faster)")
     parser.add_argument("--bf16-check", action="store_true",
                         help="also proxy-score every genome with bf16 autocast and report how it ranks")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="STEPS",
+                        help="proxy budget study: also proxy-score the genomes with these step budgets and report "
+                             "how well each predicts the (shared) final accuracies; one process per budget can run "
+                             "side by side with --proxy-only")
     parser.add_argument("--proxy-only", action="store_true", help="stop after the proxy stage")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train only genomes K, K+N, K+2N, ... (run N processes side by side after one "
@@ -425,6 +482,11 @@ def main() -> None:
     if args.bf16_check:
         bf16_task = ProxyTask(teacher, factory, proxy_data, proxy_config(args, bf16=True), cache_dir, log=log)
         bf16_check(bf16_task, plan, state, state_path)
+    def make_task(steps: int) -> ProxyTask:
+        return ProxyTask(teacher, factory, proxy_data, proxy_config(args, steps=steps), cache_dir, log=log)
+
+    budgets = {steps: budget_study(make_task, plan, stem, identity, steps) for steps in args.budgets
+               if steps != args.proxy_steps}
     if args.proxy_only:
         log(f"proxy stage done: {len(plan)} genomes planned ({state_path})")
         return
@@ -444,8 +506,10 @@ def main() -> None:
         append_row(csv_path, row)
         rows = read_rows(csv_path)
         log(f"trained {name:7s} {result.genome:45s} score {result.score:.4f} -> top-1 {last:.2f}% ({seconds:.0f} s)")
-        write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began)
-    print(write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began))
+        write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
+                       budgets)
+    print(write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
+                       budgets))
 
 
 if __name__ == "__main__":

@@ -158,9 +158,9 @@ def test_bf16_autocast_on_cpu_is_deterministic_and_close_to_fp32(task, bf16_task
         assert_same(a, b, tol=1e-12)
     for low, full in zip(first, evaluate(task, GOOD)):
         assert low.status == full.status == "complete"
-        # bf16 has 8 mantissa bits: after 16 steps the scores agree within 3.3% (measured), the first-batch ratio
-        # within 0.1%
-        assert low.score == pytest.approx(full.score, rel=0.05), low.genome
+        # bf16 has 8 mantissa bits: after 16 steps the scores agree within 3.3% on an Intel CPU with AMX and within
+        # 6.0% on an AMD Zen 4 (AVX512-BF16), whose bf16 kernels round differently; the first-batch ratio within 0.1%
+        assert low.score == pytest.approx(full.score, rel=0.10), low.genome
         assert low.loss_ratio == pytest.approx(full.loss_ratio, rel=0.005), low.genome
 
 

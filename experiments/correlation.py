@@ -130,10 +130,13 @@ def setup(args: argparse.Namespace):
     return proxy_data, train_data, teacher, student, note
 
 
-def proxy_config(args: argparse.Namespace, bf16: bool = False, steps: int | None = None) -> ProxyConfig:
+def proxy_config(args: argparse.Namespace, bf16: bool = False, steps: int | None = None,
+                 seed: int | None = None) -> ProxyConfig:
+    """The proxy of this run; ``steps`` and ``seed`` override the budget and the proxy's seed (initialisation,
+    batch order, augmented views, proxy train images) for the budget and seed studies."""
     subset = None if args.dataset == "digits" or not args.proxy_subset else args.proxy_subset // 10
-    return ProxyConfig(steps=steps or args.proxy_steps, num_views=args.views, train_subset=subset, seed=args.seed,
-                       bf16=bf16)
+    return ProxyConfig(steps=steps or args.proxy_steps, num_views=args.views, train_subset=subset,
+                       seed=args.seed if seed is None else seed, bf16=bf16)
 
 
 def bf16_check(task: ProxyTask, plan: list[tuple[str, ProxyResult]], state: dict, state_path: Path) -> None:
@@ -150,19 +153,22 @@ def budget_path(stem: Path, steps: int) -> Path:
     return stem.with_name(f"{stem.name}_proxy{steps}steps.json")
 
 
-def budget_study(make_task, plan: list[tuple[str, ProxyResult]], stem: Path, identity: dict, steps: int) -> dict:
-    """Proxy-score every planned genome again with a ``steps``-step budget (``--budgets``), saving after each
-    group to ``<stem>_proxy<steps>steps.json`` so an interrupted study resumes; returns {genome: result dict}.
-    The final accuracies do not depend on the proxy, so one training stage serves every budget."""
-    path = budget_path(stem, steps)
+def seed_path(stem: Path, seed: int) -> Path:
+    return stem.with_name(f"{stem.name}_proxyseed{seed}.json")
+
+
+def rescore(make_task, plan: list[tuple[str, ProxyResult]], path: Path, identity: dict, label: str) -> dict:
+    """Proxy-score every planned genome again with another proxy (``make_task()``: another step budget or seed),
+    saving after each group to ``path`` so an interrupted study resumes; returns {genome: result dict}.
+    The final accuracies do not depend on the proxy, so one training stage serves every variant."""
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if saved.get("identity") != identity:
-        saved = {"identity": identity, "steps": steps, "results": {}}
+        saved = {"identity": identity, "variant": label, "results": {}}
     results = saved["results"]
     todo = [Genome.parse(r.genome) for _, r in plan if r.genome not in results]
     if todo:
-        task = make_task(steps)
-        log(f"proxy budget {steps} steps: {len(todo)} genomes to score")
+        task = make_task()
+        log(f"proxy {label}: {len(todo)} genomes to score")
         for i in range(0, len(todo), CPU_GROUP):
             group = todo[i:i + CPU_GROUP]
             for genome, result in zip(group, evaluate(task, group)):
@@ -274,6 +280,11 @@ def metric_value(row: dict, keys: tuple[str, ...], weights: ScoreWeights) -> flo
     return sum(getattr(weights, WEIGHT_FIELD[k]) * row[k] for k in keys)
 
 
+def predictor_value(row: dict, keys: tuple[str, ...], weights: ScoreWeights) -> float:
+    """A predictor's raw value: the proxy's top-1 for ``("val_acc",)``, else the weighted metric sum."""
+    return row["val_acc"] if keys == ("val_acc",) else metric_value(row, keys, weights)
+
+
 def correlations(rows: list[dict], weights: ScoreWeights) -> list[tuple[str, float, float, float]]:
     acc = [r["last_acc"] for r in rows]
     out = []
@@ -313,8 +324,38 @@ def budget_lines(rows: list[dict], budgets: dict[int, dict], main_steps: int,
     return [*lines, ""]
 
 
+def seed_lines(rows: list[dict], seeds: dict[int, dict], main_seed: int, weights: ScoreWeights) -> list[str]:
+    """The proxy reliability study as a markdown table: per predictor, its Spearman with final top-1 at each proxy
+    seed, how well the seeds agree with each other (mean pairwise Spearman of the metric itself), and the Spearman
+    of the seed-averaged metric. Agreement between seeds bounds what any single proxy run can predict."""
+    runs = {main_seed: {r["genome"]: r for r in rows}}
+    runs.update({seed: {g: r for g, r in results.items() if r.get("score") is not None}
+                 for seed, results in seeds.items()})
+    genomes = [r["genome"] for r in rows if all(r["genome"] in run for run in runs.values())]
+    if len(genomes) < 3 or len(runs) < 2:
+        return []
+    acc = [next(r["last_acc"] for r in rows if r["genome"] == g) for g in genomes]
+    order = sorted(runs)
+    lines = [f"Proxy reliability study: the same genomes (n={len(genomes)}) and final accuracies, proxy-scored with "
+             f"{len(order)} proxy seeds (initialisation, batch order, augmented views and proxy train images); "
+             "Spearman with final top-1 per seed, the mean pairwise Spearman between seeds of the metric itself, "
+             "and the Spearman of the metric averaged over the seeds:", "",
+             f"| predictor | {' | '.join(f'seed {s}' for s in order)} | seed-to-seed | seed-averaged |",
+             "|---|" + "---:|" * (len(order) + 2)]
+    predictors = [(name, keys, -1.0) for name, keys in PREDICTORS] + [("+proxy val top-1", ("val_acc",), 1.0)]
+    for name, keys, sign in predictors:
+        per_seed = {s: [sign * predictor_value(runs[s][g], keys, weights) for g in genomes] for s in order}
+        agreement = [stats.spearmanr(per_seed[a], per_seed[b])[0] for a, b in itertools.combinations(order, 2)]
+        averaged = [sum(per_seed[s][i] for s in order) / len(order) for i in range(len(genomes))]
+        cells = [stats.spearmanr(per_seed[s], acc)[0] for s in order]
+        cells += [sum(agreement) / len(agreement), stats.spearmanr(averaged, acc)[0]]
+        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return [*lines, ""]
+
+
 def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: argparse.Namespace,
-                   weights: ScoreWeights, expected: int, elapsed: float, budgets: dict[int, dict]) -> str:
+                   weights: ScoreWeights, expected: int, elapsed: float, budgets: dict[int, dict],
+                   seeds: dict[int, dict]) -> str:
     lines = [f"# Proxy metrics vs final accuracy ({args.dataset})", "", note + ".", "",
              f"Score weights in force: ce {weights.ce:g}, s_gap {weights.s_gap:g}, cka_gap {weights.cka_gap:g}. "
              "Sign convention: each metric is lower-is-better and is negated, so a positive coefficient means the "
@@ -351,6 +392,8 @@ def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: a
                   ""]
     if budgets and len(rows) >= 3:
         lines += budget_lines(rows, budgets, args.proxy_steps, weights)
+    if seeds and len(rows) >= 3:
+        lines += seed_lines(rows, seeds, args.seed, weights)
     lines += ["| genome | val CE | S-gap | CKA-gap | score | proxy top-1 % | final top-1 % | best top-1 % |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["score"]):
@@ -426,6 +469,10 @@ def main() -> None:
                         help="proxy budget study: also proxy-score the genomes with these step budgets and report "
                              "how well each predicts the (shared) final accuracies; one process per budget can run "
                              "side by side with --proxy-only")
+    parser.add_argument("--proxy-seeds", type=int, nargs="+", default=[], metavar="SEED",
+                        help="proxy reliability study: also proxy-score the genomes with these proxy seeds (another "
+                             "initialisation, batch order, views and proxy train images) and report how much each "
+                             "metric's ranking moves between seeds and how well the seed-averaged metric predicts")
     parser.add_argument("--proxy-only", action="store_true", help="stop after the proxy stage")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train only genomes K, K+N, K+2N, ... (run N processes side by side after one "
@@ -468,7 +515,10 @@ def main() -> None:
     proxy_data, train_data, teacher, student_name, note = setup(args)
     log(note)
     factory = partial(create_model, student_name, num_classes=proxy_data.num_classes, in_chans=proxy_data.in_chans)
-    cache_dir = args.cache / f"{args.dataset}-s{args.seed}-v{args.views}-p{args.proxy_subset}"
+    def cache_folder(seed: int) -> Path:
+        return args.cache / f"{args.dataset}-s{seed}-v{args.views}-p{args.proxy_subset}"
+
+    cache_dir = cache_folder(args.seed)
     task = ProxyTask(teacher, factory, proxy_data, proxy_config(args), cache_dir, log=log)
     weights = task.config.weights
     if "proxy_seconds" not in state or len(state.get("random", [])) < args.genomes:
@@ -482,11 +532,15 @@ def main() -> None:
     if args.bf16_check:
         bf16_task = ProxyTask(teacher, factory, proxy_data, proxy_config(args, bf16=True), cache_dir, log=log)
         bf16_check(bf16_task, plan, state, state_path)
-    def make_task(steps: int) -> ProxyTask:
-        return ProxyTask(teacher, factory, proxy_data, proxy_config(args, steps=steps), cache_dir, log=log)
+    def make_task(steps: int | None = None, seed: int | None = None) -> ProxyTask:
+        config = proxy_config(args, steps=steps, seed=seed)
+        return ProxyTask(teacher, factory, proxy_data, config, cache_folder(config.seed), log=log)
 
-    budgets = {steps: budget_study(make_task, plan, stem, identity, steps) for steps in args.budgets
-               if steps != args.proxy_steps}
+    budgets = {steps: rescore(partial(make_task, steps=steps), plan, budget_path(stem, steps), identity,
+                              f"budget {steps} steps")
+               for steps in args.budgets if steps != args.proxy_steps}
+    seeds = {seed: rescore(partial(make_task, seed=seed), plan, seed_path(stem, seed), identity, f"seed {seed}")
+             for seed in args.proxy_seeds if seed != args.seed}
     if args.proxy_only:
         log(f"proxy stage done: {len(plan)} genomes planned ({state_path})")
         return
@@ -507,9 +561,9 @@ def main() -> None:
         rows = read_rows(csv_path)
         log(f"trained {name:7s} {result.genome:45s} score {result.score:.4f} -> top-1 {last:.2f}% ({seconds:.0f} s)")
         write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
-                       budgets)
+                       budgets, seeds)
     print(write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
-                       budgets))
+                       budgets, seeds))
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def test_students_train_in_channels_last_and_the_loss_sees_fp32_nchw(task):
     conv = next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     view_ids, indices = next(iter(task.batches()))
-    x, y, teacher = task.batch(view_ids, indices)
+    x, y, _ = task.batch(view_ids, indices)
     assert x.is_contiguous(memory_format=torch.channels_last) and y.shape == (32,)
     out = student(x).for_loss()
     assert out.feat.dtype == torch.float32 and out.feat.is_contiguous()

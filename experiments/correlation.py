@@ -27,6 +27,11 @@ Pairs and budgets:
 Partial results are written as they come: ``correlation_<dataset>_proxy.json`` holds the sampled genomes and
 their proxy results, the CSV gets one row per trained genome, and a rerun with the same settings skips what is
 already done (``--fresh`` starts over); ``--genomes`` may be raised on a rerun to add genomes.
+Three studies reuse the trained genomes' final accuracies (each resumable, each a table in the markdown):
+``--budgets 240 480`` proxy-scores the genomes again at other step budgets (does a longer proxy predict
+better?); ``--proxy-seeds 1 2`` again with other proxy seeds (how much of a metric's ranking is proxy noise, and
+does averaging seeds help?); ``--retrain N`` trains the first N genomes again with another training seed (how
+noisy is the final accuracy itself, and what Spearman would a perfect predictor reach through that noise?).
 ``--calibrate A.csv B.csv`` instead grid-searches ``ScoreWeights`` (ce fixed at 1) for the largest mean
 Spearman between -score and final top-1 over the given runs.
 
@@ -52,6 +57,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from scipy import stats
 
@@ -70,6 +76,7 @@ TEACHER_CKPT = SHARED / "teachers" / "akamaster-cifar10" / "resnet56-4bfd9763.th
 ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
 CSV_FIELDS = ["name", "genome", "val_ce", "val_acc", "sharpness", "s_gap", "cka_gap", "score", "proxy_s",
               "best_acc", "last_acc", "train_s"]
+RETRAIN_FIELDS = ["name", "genome", "train_seed", "best_acc", "last_acc", "train_s"]
 PREDICTORS = [("-CE", ("val_ce",)), ("-S-gap", ("s_gap",)), ("-CKA-gap", ("cka_gap",)),
               ("-(CE+S-gap)", ("val_ce", "s_gap")), ("-(CE+CKA-gap)", ("val_ce", "cka_gap")),
               ("-(CE+S-gap+CKA-gap)", ("val_ce", "s_gap", "cka_gap"))]
@@ -238,36 +245,40 @@ def sample_and_score(task: ProxyTask, args: argparse.Namespace, state: dict, sta
 # ------------------------------------------------------------------------------------------------ training stage
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, fields: list[str] = CSV_FIELDS) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        for key in CSV_FIELDS[2:]:
+        for key in fields[2:]:
             row[key] = float(row[key])
     return rows
 
 
-def append_row(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict, fields: list[str] = CSV_FIELDS) -> None:
     """Append one row under an exclusive lock, so shards (``--shard``) can share the CSV."""
     with open(path, "a", newline="") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         if handle.tell() == 0:
             writer.writeheader()
-        writer.writerow({k: row[k] for k in CSV_FIELDS})
+        writer.writerow({k: row[k] for k in fields})
         handle.flush()
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def train_one(genome: Genome, data, teacher, student_name: str, shapes, args: argparse.Namespace) -> tuple:
-    torch.manual_seed(args.seed)
+def train_one(genome: Genome, data, teacher, student_name: str, shapes, args: argparse.Namespace,
+              seed: int | None = None) -> tuple:
+    """(best, last top-1, seconds) of one full training; ``seed`` (default ``--seed``) sets the initialisation,
+    batch order, augmentation and the loss's masks, never the data subsets."""
+    seed = args.seed if seed is None else seed
+    torch.manual_seed(seed)
     student = create_model(student_name, num_classes=data.num_classes, in_chans=data.in_chans)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(seed)
     loss = UnifiedLoss(genome, *shapes, generator=generator)
     config = TrainConfig.crd_protocol(student_name, epochs=args.train_epochs, eval_every=args.train_epochs,
-                                      seed=args.seed, amp=args.train_bf16)
+                                      seed=seed, amp=args.train_bf16)
     started = time.perf_counter()
     result = train_model(student, data, config, teacher=teacher, distill_loss=loss, progress=False)
     return result.best_acc, result.last_acc, time.perf_counter() - started
@@ -353,9 +364,37 @@ def seed_lines(rows: list[dict], seeds: dict[int, dict], main_seed: int, weights
     return [*lines, ""]
 
 
+def noise_ceiling(accuracies: list[float], sigma: float, draws: int = 2000) -> float:
+    """Expected Spearman between the observed final accuracies and the same accuracies plus N(0, sigma^2) noise:
+    roughly the best Spearman any predictor can reach when each final accuracy carries training noise sigma."""
+    rng = np.random.default_rng(0)
+    acc = np.asarray(accuracies, dtype=float)
+    return float(np.mean([stats.spearmanr(acc, acc + rng.normal(0.0, sigma, acc.size))[0] for _ in range(draws)]))
+
+
+def retrain_lines(rows: list[dict], retrained: list[dict]) -> list[str]:
+    """Final-accuracy reproducibility (``--retrain``): the same genome trained with another training seed."""
+    first = {r["genome"]: r for r in rows}
+    pairs = [(first[r["genome"]], r) for r in retrained if r["genome"] in first]
+    if not pairs:
+        return []
+    deltas = [b["last_acc"] - a["last_acc"] for a, b in pairs]
+    sigma = math.sqrt(sum(d * d for d in deltas) / (2 * len(deltas)))  # Var(a - b) = 2 sigma^2
+    acc = [r["last_acc"] for r in rows]
+    lines = [f"Final-accuracy reproducibility: {len(pairs)} genomes trained again with training seed "
+             f"{int(pairs[0][1]['train_seed'])} (initialisation, batch order, augmentation; same data). Training "
+             f"noise sigma = sqrt(mean(delta^2) / 2) = {sigma:.2f} points; with that noise on every final accuracy, "
+             f"even a perfect predictor would reach a Spearman of about {noise_ceiling(acc, sigma):.3f} on these "
+             f"{len(rows)} genomes (simulated).", "",
+             "| genome | final top-1 % | retrained top-1 % | delta |", "|---|---:|---:|---:|"]
+    for (a, b), d in zip(pairs, deltas):
+        lines.append(f"| `{a['genome']}` | {a['last_acc']:.2f} | {b['last_acc']:.2f} | {d:+.2f} |")
+    return [*lines, ""]
+
+
 def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: argparse.Namespace,
                    weights: ScoreWeights, expected: int, elapsed: float, budgets: dict[int, dict],
-                   seeds: dict[int, dict]) -> str:
+                   seeds: dict[int, dict], retrained: list[dict]) -> str:
     lines = [f"# Proxy metrics vs final accuracy ({args.dataset})", "", note + ".", "",
              f"Score weights in force: ce {weights.ce:g}, s_gap {weights.s_gap:g}, cka_gap {weights.cka_gap:g}. "
              "Sign convention: each metric is lower-is-better and is negated, so a positive coefficient means the "
@@ -394,6 +433,8 @@ def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: a
         lines += budget_lines(rows, budgets, args.proxy_steps, weights)
     if seeds and len(rows) >= 3:
         lines += seed_lines(rows, seeds, args.seed, weights)
+    if retrained and len(rows) >= 3:
+        lines += retrain_lines(rows, retrained)
     lines += ["| genome | val CE | S-gap | CKA-gap | score | proxy top-1 % | final top-1 % | best top-1 % |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["score"]):
@@ -473,6 +514,9 @@ def main() -> None:
                         help="proxy reliability study: also proxy-score the genomes with these proxy seeds (another "
                              "initialisation, batch order, views and proxy train images) and report how much each "
                              "metric's ranking moves between seeds and how well the seed-averaged metric predicts")
+    parser.add_argument("--retrain", type=int, default=0, metavar="N",
+                        help="final-accuracy reproducibility: train the first N planned genomes again with training "
+                             "seed --seed + 1 and report the training noise and the Spearman it allows at best")
     parser.add_argument("--proxy-only", action="store_true", help="stop after the proxy stage")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train only genomes K, K+N, K+2N, ... (run N processes side by side after one "
@@ -561,9 +605,21 @@ def main() -> None:
         rows = read_rows(csv_path)
         log(f"trained {name:7s} {result.genome:45s} score {result.score:.4f} -> top-1 {last:.2f}% ({seconds:.0f} s)")
         write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
-                       budgets, seeds)
+                       budgets, seeds, read_rows(stem.with_name(stem.name + "_retrain.csv"), RETRAIN_FIELDS))
+    retrain_path = stem.with_name(stem.name + "_retrain.csv")
+    retrained = read_rows(retrain_path, RETRAIN_FIELDS)
+    again = {r["genome"] for r in retrained}
+    for position, (name, result) in enumerate(plan[:args.retrain]):
+        if result.genome in again or position % shards != shard:
+            continue
+        best, last, seconds = train_one(Genome.parse(result.genome), train_data, teacher, student_name, shapes, args,
+                                        seed=args.seed + 1)
+        append_row(retrain_path, {"name": name, "genome": result.genome, "train_seed": args.seed + 1,
+                                  "best_acc": best, "last_acc": last, "train_s": round(seconds, 1)}, RETRAIN_FIELDS)
+        retrained = read_rows(retrain_path, RETRAIN_FIELDS)
+        log(f"retrained {name:7s} {result.genome:45s} with training seed {args.seed + 1}: top-1 {last:.2f}%")
     print(write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
-                       budgets, seeds))
+                       budgets, seeds, retrained))
 
 
 if __name__ == "__main__":

@@ -450,7 +450,11 @@ def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: a
 
 def calibrate(paths: list[Path], out: Path) -> str:
     """Grid-search (ce=1, s_gap, cka_gap) for the largest mean Spearman of -score vs final top-1."""
-    runs = {p.stem: read_rows(p) for p in paths}
+    stems = [p.stem for p in paths]
+    # Runs of one dataset share a file name (correlation_cifar10jpeg.csv): name those by their folder too.
+    runs = {(f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem): read_rows(p) for p in paths}
+    if len(runs) < len(paths):
+        raise SystemExit(f"--calibrate was given the same run twice: {', '.join(map(str, paths))}")
     table = []
     for s_w, c_w in itertools.product(GRID, GRID):
         w = ScoreWeights(1.0, s_w, c_w)

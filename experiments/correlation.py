@@ -442,7 +442,10 @@ def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: a
         lines.append(f"| {label} | {r['val_ce']:.4f} | {r['s_gap']:.4f} | {r['cka_gap']:.4f} | {r['score']:.4f} "
                      f"| {100 * r['val_acc']:.2f} | {r['last_acc']:.2f} | {r['best_acc']:.2f} |")
     command = " ".join(["python", "experiments/correlation.py", *sys.argv[1:]])
-    lines += ["", f"Wall time of this invocation: {elapsed / 60:.1f} min. Command: `{command}`"]
+    training_hours = (sum(r["train_s"] for r in rows) + sum(r["train_s"] for r in retrained)) / 3600
+    lines += ["", f"Wall time of this invocation: {elapsed / 60:.1f} min; the full trainings behind these tables "
+              f"took {training_hours:.1f} h of one thread in all (resumed and sharded runs included). Command: "
+              f"`{command}`"]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

@@ -99,6 +99,13 @@ def ensure_cifar10_jpeg(folder: Path) -> Path:
     return folder
 
 
+def budget_label(args: argparse.Namespace) -> str:
+    """How the markdown names the budget: CRD's full protocol on all of CIFAR-10, or a reduced one, and where."""
+    full = args.train_epochs >= 240 and args.train_subset >= 50000
+    where = f"{args.threads} CPU thread{'s' if args.threads > 1 else ''}" if args.device == "cpu" else args.device
+    return f"{'full' if full else 'REDUCED'} budget on {where}"
+
+
 def setup(args: argparse.Namespace):
     """(proxy data, full-training data, teacher, student name, budget note) of the chosen pair."""
     if args.dataset == "digits":
@@ -128,7 +135,7 @@ def setup(args: argparse.Namespace):
                              test=proxy_subset(data.test, per_class=args.test_subset // data.num_classes,
                                                seed=args.seed))
         note = (f"CIFAR-10 JPEG, teacher resnet56a (akamaster, pretrained), student resnet20a, ImageNet "
-                f"normalisation; REDUCED CPU budget, 1 thread: proxy {args.proxy_steps} steps at batch 64 on "
+                f"normalisation; {budget_label(args)}: proxy {args.proxy_steps} steps at batch 64 on "
                 f"{args.proxy_subset} class-balanced train images (2 augmented views), val metrics on "
                 f"{len(proxy_data.val)} val images; full training {args.train_epochs} epochs (CRD schedule shape, "
                 f"batch 64, lr 0.05, crop+flip{', bf16 autocast' if args.train_bf16 else ''}) on a "
@@ -143,7 +150,7 @@ def proxy_config(args: argparse.Namespace, bf16: bool = False, steps: int | None
     batch order, augmented views, proxy train images) for the budget and seed studies."""
     subset = None if args.dataset == "digits" or not args.proxy_subset else args.proxy_subset // 10
     return ProxyConfig(steps=steps or args.proxy_steps, num_views=args.views, train_subset=subset,
-                       seed=args.seed if seed is None else seed, bf16=bf16)
+                       seed=args.seed if seed is None else seed, bf16=bf16, device=args.device)
 
 
 def bf16_check(task: ProxyTask, plan: list[tuple[str, ProxyResult]], state: dict, state_path: Path) -> None:
@@ -278,7 +285,7 @@ def train_one(genome: Genome, data, teacher, student_name: str, shapes, args: ar
     generator = torch.Generator().manual_seed(seed)
     loss = UnifiedLoss(genome, *shapes, generator=generator)
     config = TrainConfig.crd_protocol(student_name, epochs=args.train_epochs, eval_every=args.train_epochs,
-                                      seed=seed, amp=args.train_bf16)
+                                      seed=seed, amp=args.train_bf16, device=args.device)
     started = time.perf_counter()
     result = train_model(student, data, config, teacher=teacher, distill_loss=loss, progress=False)
     return result.best_acc, result.last_acc, time.perf_counter() - started
@@ -381,7 +388,8 @@ def retrain_lines(rows: list[dict], retrained: list[dict]) -> list[str]:
     deltas = [b["last_acc"] - a["last_acc"] for a, b in pairs]
     sigma = math.sqrt(sum(d * d for d in deltas) / (2 * len(deltas)))  # Var(a - b) = 2 sigma^2
     acc = [r["last_acc"] for r in rows]
-    lines = [f"Final-accuracy reproducibility: {len(pairs)} genomes trained again with training seed "
+    lines = [f"Final-accuracy reproducibility: {len(pairs)} genome{'s' if len(pairs) > 1 else ''} trained again "
+             f"with training seed "
              f"{int(pairs[0][1]['train_seed'])} (initialisation, batch order, augmentation; same data). Training "
              f"noise sigma = sqrt(mean(delta^2) / 2) = {sigma:.2f} points; with that noise on every final accuracy, "
              f"even a perfect predictor would reach a Spearman of about {noise_ceiling(acc, sigma):.3f} on these "
@@ -509,6 +517,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "correlation", help="teacher-output cache")
     parser.add_argument("--fresh", action="store_true", help="ignore results of an earlier run with these settings")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N], for the proxy and the full trainings "
+                                                        "(the tables' numbers do not depend on it beyond rounding)")
     parser.add_argument("--train-bf16", action="store_true",
                         help="full training under bf16 autocast (CUDA, or a CPU with AMX: 2-3.5x faster)")
     parser.add_argument("--bf16-check", action="store_true",

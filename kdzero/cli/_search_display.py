@@ -44,6 +44,10 @@ class LiveSearchDisplay(SearchObserver):
         if self.enabled:
             self.live.update(self._render())
             self.live.__exit__(*exc)
+            if not self.live.console.is_terminal:
+                # Off a terminal, Live prints its last frame without a line break, so the next line (the
+                # leaderboard's title, in a log file or a pipe) would start on the panel's bottom border.
+                self.live.console.line()
 
     def _render(self) -> Group:
         info = Table.grid(padding=(0, 1))

@@ -23,7 +23,9 @@ from optuna.trial import TrialState
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from kdzero.errors import ConfigError, KdzeroError, suggest
 
@@ -190,7 +192,8 @@ class LeaderboardTable:
     """A leaderboard DataFrame as a rich renderable that fits the width it is drawn in: genome texts stay on one
     line, and where the console is too narrow the least important columns are left out (trial number first,
     then seconds, CKA-gap, S-gap, CE, state, reason, accuracy). State and reason columns appear only when some
-    row is not a plain complete trial. Unranked rows show their state in the rank column (rej, fail, dup, run, wait)."""
+    row is not a plain complete trial. Unranked rows show their state in the rank column (rej, fail, dup, run, wait),
+    and when the reason column is left out their reasons follow the table, one line each."""
 
     columns: list[_Column]
     styles: list[str]
@@ -216,7 +219,20 @@ class LeaderboardTable:
 
     def table(self, width: int) -> Table:
         """The rich Table for a console ``width`` characters wide."""
-        kept = self.fitted_columns(width)
+        return self._table(self.fitted_columns(width), width)
+
+    def reason_notes(self, kept: list[_Column]) -> list[str]:
+        """When the reason column did not fit, each unranked row's reason as a line of its own (genome, trial,
+        reason), so that ``--all`` in a narrow terminal still says why a genome was rejected or failed."""
+        if any(c.header == "reason" for c in kept):
+            return []
+        by_header = {c.header: c for c in self.columns}
+        if "reason" not in by_header:
+            return []
+        reasons, genomes, trials = by_header["reason"].cells, by_header["genome"].cells, by_header["trial"].cells
+        return [f"{genomes[i]} (trial {trials[i]}): {reasons[i]}" for i in range(len(reasons)) if reasons[i]]
+
+    def _table(self, kept: list[_Column], width: int) -> Table:
         fits = _table_width(kept) <= width
         table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                       padding=(0, 1), collapse_padding=False)
@@ -234,7 +250,13 @@ class LeaderboardTable:
         return table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield self.table(options.max_width)
+        kept = self.fitted_columns(options.max_width)
+        yield self._table(kept, options.max_width)
+        notes = self.reason_notes(kept)
+        if notes:
+            yield Text("why (too narrow for the reason column):", style="bold")
+            for note in notes:
+                yield Padding(Text(note, style="dim"), (0, 0, 0, 2), expand=False)  # wrapped lines keep the indent
 
 
 def rich_table(df: pd.DataFrame, title: str = "leaderboard", baseline: dict | None = None) -> LeaderboardTable:

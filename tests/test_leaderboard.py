@@ -112,6 +112,21 @@ def test_rich_table_fits_80_columns_keeps_genomes_whole_and_shows_the_baseline(r
         assert "CE-only baseline" in text and "0.8000" in text
 
 
+def test_rich_table_lists_the_reasons_under_the_table_when_their_column_does_not_fit(run_dir):
+    study = open_study(run_dir)
+    narrow, wide = io.StringIO(), io.StringIO()
+    Console(file=narrow, width=80).print(rich_table(frame(study, True), baseline=baseline(study)))
+    Console(file=wide, width=220).print(rich_table(frame(study, True), baseline=baseline(study)))
+    lines = narrow.getvalue().splitlines()
+    assert "reason" not in lines[1]  # the header: no room for the column at 80
+    notes = lines[lines.index("why (too narrow for the reason column):") + 1:]
+    text = " ".join(line.strip() for line in notes)
+    assert f"{TRIALS[2][0]} (trial 2): first_batch: {REASON}" in text
+    assert f"{TRIALS[1][0]} (trial 5): same as trial 1" in text
+    assert len(notes) >= 2 and max(len(line.rstrip()) for line in lines) <= 80
+    assert "why (" not in wide.getvalue()
+
+
 def test_rich_table_shows_every_column_when_wide(run_dir):
     study = open_study(run_dir)
     out = io.StringIO()

@@ -44,6 +44,16 @@ def test_retrain_sigma_is_the_rms_difference_over_root_two(study):
     sigma = math.sqrt((1.0 ** 2 + 2.0 ** 2) / (2 * 2))  # deltas +1 and -2
     assert f"sigma = sqrt(mean(delta^2) / 2) = {sigma:.2f} points" in text
     assert "| `a` | 70.00 | 71.00 | +1.00 |" in text and "| `b` | 72.00 | 70.00 | -2.00 |" in text
+    assert "Spearman(-score" not in text  # two pairs are too few to rank
+
+
+def test_retrain_compares_the_score_with_one_and_with_both_trainings(study):
+    # Scores rank a > b > c (lower is better); the first training ranks b > a > c, the mean of both a > b > c.
+    rows = [row("a", 71.0, 1.0), row("b", 72.0, 1.1), row("c", 60.0, 1.2)]
+    retrained = [{"name": "random", "genome": g, "train_seed": 1, "best_acc": acc, "last_acc": acc}
+                 for g, acc in (("a", 75.0), ("b", 72.0), ("c", 60.0))]
+    text = "\n".join(study.retrain_lines(rows, retrained))
+    assert "is 0.500 against the first training and 1.000 against the mean of both" in text
 
 
 def test_seed_study_reports_agreement_and_the_averaged_metric(study):

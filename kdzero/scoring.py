@@ -31,9 +31,9 @@ top-1 is 0.598, and no variant of the proxy moved it clear of the noise: twice t
 The proxy sees 120 steps of a 1,900-step training, and its two largest misses are distillers whose loss starts at
 6-14x the CE and slows the first steps down, then pays off: Hinton KD at T = 4 (proxy rank 18 of 19, final rank
 8) and ``feat[mask,local_s2,batch]|smooth_l1|focal|T1|x100`` (19th, final 7th). The final accuracies are noisy
-too (8 genomes trained again with another seed, on another CPU: sigma 1.08 points), but that noise alone would
-still allow a Spearman of about 0.93: the proxy, not the yardstick, is what stands between 0.6 and the paper's
-0.935.
+too: 12 genomes trained again with another seed (on another CPU) moved by up to 2.65 points, sigma 1.05, and on
+those 12 the score's Spearman is 0.51 against one training but 0.68 against the mean of both. A yardstick of one
+short training per genome understates the proxy; how far, only full-length and repeated trainings can tell.
 """
 from __future__ import annotations
 

@@ -333,8 +333,8 @@ def budget_lines(rows: list[dict], budgets: dict[int, dict], main_steps: int,
         if len(scored) < 3:
             continue
         acc = [a for _, a in scored]
-        cells = [stats.spearmanr([-sum(getattr(weights, WEIGHT_FIELD[k]) * p[k] for k in keys)
-                                  for p, _ in scored], acc)[0] for _, keys in PREDICTORS]
+        cells = [stats.spearmanr([-metric_value(p, keys, weights) for p, _ in scored], acc)[0]
+                 for _, keys in PREDICTORS]
         cells.append(stats.spearmanr([p["val_acc"] for p, _ in scored], acc)[0])
         seconds = sum(p["proxy_s"] for p, _ in scored) / len(scored)
         lines.append(f"| {steps}{' (main)' if steps == main_steps else ''} | {len(scored)} | "
@@ -352,7 +352,8 @@ def seed_lines(rows: list[dict], seeds: dict[int, dict], main_seed: int, weights
     genomes = [r["genome"] for r in rows if all(r["genome"] in run for run in runs.values())]
     if len(genomes) < 3 or len(runs) < 2:
         return []
-    acc = [next(r["last_acc"] for r in rows if r["genome"] == g) for g in genomes]
+    final = {r["genome"]: r["last_acc"] for r in rows}
+    acc = [final[g] for g in genomes]
     order = sorted(runs)
     lines = [f"Proxy reliability study: the same genomes (n={len(genomes)}) and final accuracies, proxy-scored with "
              f"{len(order)} proxy seeds (initialisation, batch order, augmented views and proxy train images); "
@@ -562,6 +563,7 @@ def main() -> None:
     stem = args.out / f"correlation_{args.dataset}"
     state_path, csv_path, md_path = (stem.with_name(stem.name + "_proxy.json"), stem.with_suffix(".csv"),
                                      stem.with_suffix(".md"))
+    retrain_path = stem.with_name(stem.name + "_retrain.csv")
     identity = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k in ("dataset", "proxy_steps", "views", "proxy_subset", "proxy_val", "train_epochs",
                          "train_subset", "test_subset", "seed", "no_presets", "train_bf16")}
@@ -576,7 +578,9 @@ def main() -> None:
         state["identity"] = identity
         log(f"resuming from {state_path} and {csv_path}")
     else:
-        for path in (state_path, csv_path, md_path):
+        studies = [*stem.parent.glob(f"{stem.name}_proxy*steps.json"),  # --budgets, --proxy-seeds
+                   *stem.parent.glob(f"{stem.name}_proxyseed*.json")]
+        for path in (state_path, csv_path, md_path, retrain_path, *studies):
             path.unlink(missing_ok=True)
         state = {"identity": identity}
 
@@ -615,6 +619,7 @@ def main() -> None:
     shard, shards = (int(x) for x in args.shard.split("/"))
 
     rows = read_rows(csv_path)
+    retrained = read_rows(retrain_path, RETRAIN_FIELDS)
     done = {r["genome"] for r in rows}
     shapes = task.student_shapes, task.teacher_shapes
     for position, (name, result) in enumerate(plan):
@@ -629,9 +634,7 @@ def main() -> None:
         rows = read_rows(csv_path)
         log(f"trained {name:7s} {result.genome:45s} score {result.score:.4f} -> top-1 {last:.2f}% ({seconds:.0f} s)")
         write_markdown(md_path, rows, state, note, args, weights, len(plan), time.perf_counter() - began,
-                       budgets, seeds, read_rows(stem.with_name(stem.name + "_retrain.csv"), RETRAIN_FIELDS))
-    retrain_path = stem.with_name(stem.name + "_retrain.csv")
-    retrained = read_rows(retrain_path, RETRAIN_FIELDS)
+                       budgets, seeds, retrained)
     again = {r["genome"] for r in retrained}
     for position, (name, result) in enumerate(plan[:args.retrain]):
         if result.genome in again or position % shards != shard:

@@ -217,10 +217,6 @@ class LeaderboardTable:
                 kept = trial
         return kept
 
-    def table(self, width: int) -> Table:
-        """The rich Table for a console ``width`` characters wide."""
-        return self._table(self.fitted_columns(width), width)
-
     def reason_notes(self, kept: list[_Column]) -> list[str]:
         """When the reason column did not fit, each unranked row's reason as a line of its own (genome, trial,
         reason), so that ``--all`` in a narrow terminal still says why a genome was rejected or failed."""
@@ -232,7 +228,8 @@ class LeaderboardTable:
         reasons, genomes, trials = by_header["reason"].cells, by_header["genome"].cells, by_header["trial"].cells
         return [f"{genomes[i]} (trial {trials[i]}): {reasons[i]}" for i in range(len(reasons)) if reasons[i]]
 
-    def _table(self, kept: list[_Column], width: int) -> Table:
+    def table(self, kept: list[_Column], width: int) -> Table:
+        """The rich Table of the ``kept`` columns (``fitted_columns(width)``) for a console ``width`` wide."""
         fits = _table_width(kept) <= width
         table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                       padding=(0, 1), collapse_padding=False)
@@ -251,7 +248,7 @@ class LeaderboardTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         kept = self.fitted_columns(options.max_width)
-        yield self._table(kept, options.max_width)
+        yield self.table(kept, options.max_width)
         notes = self.reason_notes(kept)
         if notes:
             yield Text("why (too narrow for the reason column):", style="bold")

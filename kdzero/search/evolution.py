@@ -209,12 +209,18 @@ class EvolutionSampler(BaseSampler):
             if gene in fixed:
                 pins[gene] = fixed[gene]
             elif gene not in genes and study.sampler is not self:
-                pins[gene] = study.sampler.sample_independent(study, trial, gene, self._distributions[gene])
+                try:
+                    pins[gene] = study.sampler.sample_independent(study, trial, gene, self._distributions[gene])
+                except ValueError as error:  # the wrapper refuses its own value: say which gene and why
+                    raise self._bad_pin(gene, error) from None
         for gene, value in pins.items():
             if value not in self._distributions[gene].choices:
-                raise ValueError(f"gene {gene} is fixed to {value!r}, which is not among the sampler's choices "
-                                 f"{list(self._distributions[gene].choices)}")
+                raise self._bad_pin(gene, f"fixed to {value!r}")
         return pins
+
+    def _bad_pin(self, gene: str, detail: object) -> ValueError:
+        return ValueError(f"gene {gene} is fixed to a value that is not among the sampler's choices "
+                          f"{list(self._distributions[gene].choices)} (gene values are strings): {detail}")
 
     # ---------------------------------------------------------------------------------------- algorithm
     def population(self, trials: Sequence[FrozenTrial], direction: StudyDirection = StudyDirection.MINIMIZE,

@@ -1,8 +1,10 @@
 """Guided selection: before paying for a child, a ranker picks the more promising of two genomes.
 
 A ranker is any callable ``ranker(a, b, history) -> Genome`` returning ``a`` or ``b``, where ``history`` is the
-list of (genome, score) pairs evaluated so far (lower score is better). The default is a surrogate fit on that
-history; a user can pass their own, an LLM-backed one included, to ``EvolutionSampler(ranker=...)``.
+list of (genome, score) pairs evaluated so far, lower score better whatever the study's direction (the sampler
+negates a maximised study's values before handing them over). The default is a surrogate fit on that history; a
+user can pass their own, an LLM-backed one included, to ``EvolutionSampler(ranker=...)``. Make it picklable (a
+class instance or a module-level function, not a lambda or closure) if the sampler is to be pickled or copied.
 """
 from __future__ import annotations
 

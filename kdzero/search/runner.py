@@ -23,6 +23,7 @@ from kdzero.presets import PRESETS
 from kdzero.proxy import ProxyResult, ProxyTask, auto_group_size, evaluate
 from kdzero.search import study as studies
 from kdzero.search.config import SearchConfig
+from kdzero.search.evolution import ShapeCheck
 from kdzero.search.samplers import create_sampler
 from kdzero.search.space import named_space, space_from_choices, suggest_genome
 
@@ -307,7 +308,7 @@ def _abandon(study: optuna.Study, trials: list[optuna.Trial]) -> None:
 
 def validity_checker(task: ProxyTask) -> Callable[[Genome], bool]:
     """Static validity against the task's teacher/student shapes, for samplers that can use it."""
-    return lambda genome: genome.is_valid(task.student_shapes, task.teacher_shapes)
+    return ShapeCheck(task.student_shapes, task.teacher_shapes)
 
 
 def check_device_list(config: SearchConfig) -> list[str]:

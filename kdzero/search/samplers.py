@@ -1,7 +1,12 @@
 """Samplers by name, all over the same genome parameters: KD-Zero evolution and Optuna's own.
 
 ``evolution`` is ours (``EvolutionSampler``); ``tpe``, ``random``, ``grid`` and ``ga`` (NSGA-II used as a
-single-objective genetic algorithm) are Optuna's. Every one passes the same conformance tests.
+single-objective genetic algorithm) are Optuna's. What is tested: every one runs the same genome study and keeps
+to its space (tests/test_search.py); the evolution sampler, built here as the CLI builds it and with its
+defaults, passes Optuna's own conformance battery (``optuna.testing.pytest_samplers``: the basic, relative and
+single-objective-only cases, tests/test_sampler_contract.py), which Optuna runs on its samplers itself. The
+evolution sampler is single-objective: it refuses a multi-objective study with a ValueError; ``ga`` is the one to
+use for several objectives.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ def create_sampler(name: str, space: SearchSpace, *, seed: int | None = 0, popul
 
     ``guided`` turns on guided selection with ``ranker`` (default: the surrogate); ``adaptive_shrink`` and
     ``is_valid`` apply to the evolution sampler only (Optuna's samplers propose invalid genomes too, which the
-    proxy rejects statically at no training cost).
+    proxy rejects statically at no training cost). The evolution sampler pickles when ``is_valid``, ``ranker``
+    and ``log`` do (``ShapeCheck``, ``SurrogateRanker`` and module-level functions do; lambdas do not).
     """
     if name == "evolution":
         return EvolutionSampler(space, population_size=population_size, seed=seed, is_valid=is_valid,

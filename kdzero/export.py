@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kdzero.errors import GenomeError
 from kdzero.genome import Genome
+from kdzero.loss import pools_spatially
 from kdzero.ops import DISTANCES, TRANSFORMS, WEIGHTS
 
 Shapes = Mapping[str, Sequence[int]]
@@ -108,6 +109,12 @@ dims = [0, *range(2, x.dim())]
 mean = x.mean(dim=dims, keepdim=True)
 var = x.var(dim=dims, keepdim=True, unbiased=False)
 return (x - mean) / torch.sqrt(var + 1e-5)""",
+    "zscore_C": """\
+peak = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+y = x / peak
+centred = y - y.mean(dim=1, keepdim=True)
+std = y.std(dim=1, keepdim=True, correction=1 if x.shape[1] > 1 else 0)
+return centred / (std + ZSCORE_EPS / peak)""",
 }
 
 DISTANCE_BODIES: dict[str, str] = {
@@ -248,6 +255,7 @@ CONSTANTS: dict[str, str] = {
     "COS_EPS": "COS_EPS = 1e-8",
     "WEIGHT_EPS": "WEIGHT_EPS = 1e-6",
     "FOCAL_GAMMA": "FOCAL_GAMMA = 2.0",
+    "ZSCORE_EPS": "ZSCORE_EPS = 1e-7  # Sun et al. 2024's epsilon, added to the standard deviation",
 }
 
 _INPUT_TEXT = {
@@ -329,8 +337,10 @@ def _docstring(genome: Genome, run: str | Path | None, rank: int | None, connect
         align = ["none (student and teacher predict the same classes)"]
     else:
         align = ["no connector (the transforms make any two widths comparable)"]
-    if genome.input == "feat":
+    if pools_spatially(genome):
         align.append("the larger map is average-pooled to the smaller's height and width")
+    elif genome.input == "feat":
+        align.append("maps of any two spatial sizes are compared as they are (the transforms make them comparable)")
     lines = [
         "A knowledge distiller exported by kdzero as standalone PyTorch: the file needs torch only.",
         "",
@@ -384,7 +394,7 @@ def _forward(genome: Genome, connector: bool) -> str:
             "    if self.connector is not None:",
             "        s = self.connector(s)",
         ]
-    if name == "feat":
+    if pools_spatially(genome):
         lines.append("    s, t = _align_spatial(s, t)")
     for slot, op_name in enumerate(genome.transforms, start=1):
         if op_name == "no":

@@ -605,8 +605,9 @@ class OFD(Distiller):
         margin: Tensor | Sequence[float] | None = None, weight: float = 1e-3,
     ) -> None:
         super().__init__()
+        student_channels = _size(student_shapes, "feat", "student", "ofd")
         channels = _size(teacher_shapes, "feat", "teacher", "ofd")
-        self.connector = _conv_bn(_size(student_shapes, "feat", "student", "ofd"), channels)
+        self.connector = _conv_bn(student_channels, channels)
         if margin is None:
             raise ConfigError("method 'ofd' needs margin= (one value per teacher channel, from the batch norm before "
                               "the teacher's last ReLU): create_method('ofd', ..., margin=teacher_margin(teacher))")

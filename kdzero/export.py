@@ -137,7 +137,7 @@ rows_s, rows_t = _as_rows(s), _as_rows(t)
 centred_s = rows_s - rows_s.mean(dim=-1, keepdim=True)
 centred_t = rows_t - rows_t.mean(dim=-1, keepdim=True)
 return (1.0 - F.cosine_similarity(centred_s, centred_t, dim=-1, eps=COS_EPS)).mean(dim=1)""",
-    "correlation": """\
+    "batch_congruence": """\
 flat_s = F.normalize(s.reshape(s.shape[0], -1), dim=1, eps=COS_EPS)
 flat_t = F.normalize(t.reshape(t.shape[0], -1), dim=1, eps=COS_EPS)
 return (flat_s @ flat_s.t() - flat_t @ flat_t.t()).pow(2).mean(dim=1)""",
@@ -407,7 +407,7 @@ def _forward(genome: Genome, connector: bool) -> str:
         else:
             lines += [f"    s = {fn}(s)", f"    t = {fn}(t)"]
     lines += ["    s, t = s / TEMPERATURE, t / TEMPERATURE",
-              f"    distances = {_function_name('distance', genome.distance)}(s, t)"]
+              f"    distances = {_function_name('distance', DISTANCES.canonical(genome.distance))}(s, t)"]
     if genome.weight == "no":
         lines.append("    value = distances.mean()")
     else:
@@ -486,8 +486,8 @@ def export_source(genome: Genome | str, *, run: str | Path | None = None, rank: 
         signature = "x: torch.Tensor, draws: dict | None, generator: torch.Generator | None" \
             if TRANSFORMS[op_name].random else "x: torch.Tensor"
         functions.append(_op_function("transform", op_name, signature, TRANSFORM_BODIES[op_name]))
-    functions.append(_op_function("distance", genome.distance, "s: torch.Tensor, t: torch.Tensor",
-                                  DISTANCE_BODIES[genome.distance]))
+    distance = DISTANCES.canonical(genome.distance)
+    functions.append(_op_function("distance", distance, "s: torch.Tensor, t: torch.Tensor", DISTANCE_BODIES[distance]))
     if genome.weight != "no":
         functions.append(_op_function(
             "weight", genome.weight, "distances: torch.Tensor, student_logit: torch.Tensor, "

@@ -366,6 +366,18 @@ def test_ofd_margin_comes_from_the_teachers_bn_before_its_last_relu() -> None:
     torch.testing.assert_close(teacher_margin(vgg), bn_margin(vgg.block4[1]))
 
 
+def test_replay_builds_ofd_with_the_teachers_bn_margin() -> None:
+    from kdzero.train import build_distiller, load_data
+
+    data = load_data("digits")
+    student = create_model("resnet8", num_classes=data.num_classes, in_chans=data.in_chans)
+    teacher = create_model("resnet20", num_classes=data.num_classes, in_chans=data.in_chans)
+    with torch.no_grad():
+        teacher.layer3[-1].bn2.bias.copy_(torch.linspace(-1.0, 1.0, 64))
+    method = build_distiller(student, teacher, data, method="ofd")
+    torch.testing.assert_close(method.margin.flatten(), bn_margin(teacher.layer3[-1].bn2))
+
+
 def test_ofd_margin_is_not_read_from_post_relu_maps(student: Features, teacher: Features) -> None:
     with pytest.raises(ConfigError, match="needs margin="):
         create_method("ofd", feature_shapes(student), feature_shapes(teacher))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kdzero.errors import GenomeError
 from kdzero.genome import Genome
+from kdzero.loss import pools_spatially
 from kdzero.ops import DISTANCES, TRANSFORMS, WEIGHTS
 
 Shapes = Mapping[str, Sequence[int]]
@@ -108,6 +109,12 @@ dims = [0, *range(2, x.dim())]
 mean = x.mean(dim=dims, keepdim=True)
 var = x.var(dim=dims, keepdim=True, unbiased=False)
 return (x - mean) / torch.sqrt(var + 1e-5)""",
+    "zscore_C": """\
+peak = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+y = x / peak
+centred = y - y.mean(dim=1, keepdim=True)
+std = y.std(dim=1, keepdim=True, correction=1 if x.shape[1] > 1 else 0)
+return centred / (std + ZSCORE_EPS / peak)""",
 }
 
 DISTANCE_BODIES: dict[str, str] = {
@@ -130,7 +137,7 @@ rows_s, rows_t = _as_rows(s), _as_rows(t)
 centred_s = rows_s - rows_s.mean(dim=-1, keepdim=True)
 centred_t = rows_t - rows_t.mean(dim=-1, keepdim=True)
 return (1.0 - F.cosine_similarity(centred_s, centred_t, dim=-1, eps=COS_EPS)).mean(dim=1)""",
-    "correlation": """\
+    "batch_congruence": """\
 flat_s = F.normalize(s.reshape(s.shape[0], -1), dim=1, eps=COS_EPS)
 flat_t = F.normalize(t.reshape(t.shape[0], -1), dim=1, eps=COS_EPS)
 return (flat_s @ flat_s.t() - flat_t @ flat_t.t()).pow(2).mean(dim=1)""",
@@ -248,6 +255,7 @@ CONSTANTS: dict[str, str] = {
     "COS_EPS": "COS_EPS = 1e-8",
     "WEIGHT_EPS": "WEIGHT_EPS = 1e-6",
     "FOCAL_GAMMA": "FOCAL_GAMMA = 2.0",
+    "ZSCORE_EPS": "ZSCORE_EPS = 1e-7  # Sun et al. 2024's epsilon, added to the standard deviation",
 }
 
 _INPUT_TEXT = {
@@ -329,8 +337,10 @@ def _docstring(genome: Genome, run: str | Path | None, rank: int | None, connect
         align = ["none (student and teacher predict the same classes)"]
     else:
         align = ["no connector (the transforms make any two widths comparable)"]
-    if genome.input == "feat":
+    if pools_spatially(genome):
         align.append("the larger map is average-pooled to the smaller's height and width")
+    elif genome.input == "feat":
+        align.append("maps of any two spatial sizes are compared as they are (the transforms make them comparable)")
     lines = [
         "A knowledge distiller exported by kdzero as standalone PyTorch: the file needs torch only.",
         "",
@@ -384,7 +394,7 @@ def _forward(genome: Genome, connector: bool) -> str:
             "    if self.connector is not None:",
             "        s = self.connector(s)",
         ]
-    if name == "feat":
+    if pools_spatially(genome):
         lines.append("    s, t = _align_spatial(s, t)")
     for slot, op_name in enumerate(genome.transforms, start=1):
         if op_name == "no":
@@ -397,7 +407,7 @@ def _forward(genome: Genome, connector: bool) -> str:
         else:
             lines += [f"    s = {fn}(s)", f"    t = {fn}(t)"]
     lines += ["    s, t = s / TEMPERATURE, t / TEMPERATURE",
-              f"    distances = {_function_name('distance', genome.distance)}(s, t)"]
+              f"    distances = {_function_name('distance', DISTANCES.canonical(genome.distance))}(s, t)"]
     if genome.weight == "no":
         lines.append("    value = distances.mean()")
     else:
@@ -476,8 +486,8 @@ def export_source(genome: Genome | str, *, run: str | Path | None = None, rank: 
         signature = "x: torch.Tensor, draws: dict | None, generator: torch.Generator | None" \
             if TRANSFORMS[op_name].random else "x: torch.Tensor"
         functions.append(_op_function("transform", op_name, signature, TRANSFORM_BODIES[op_name]))
-    functions.append(_op_function("distance", genome.distance, "s: torch.Tensor, t: torch.Tensor",
-                                  DISTANCE_BODIES[genome.distance]))
+    distance = DISTANCES.canonical(genome.distance)
+    functions.append(_op_function("distance", distance, "s: torch.Tensor, t: torch.Tensor", DISTANCE_BODIES[distance]))
     if genome.weight != "no":
         functions.append(_op_function(
             "weight", genome.weight, "distances: torch.Tensor, student_logit: torch.Tensor, "

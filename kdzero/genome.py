@@ -96,7 +96,7 @@ SHRUNK_SPACE = SearchSpace(slots=(
     ("no", "satt", "natt", "catt", "mask"),
     ("no", "multi_scale_r1", "multi_scale_r2", "multi_scale_r4", "local_s1", "local_s2", "local_s4", "scale"),
     ("no", "batch", "channel", "norm_HW", "norm_C", "norm_N", "softmax_N", "softmax_C", "softmax_HW",
-     "logsoftmax_N", "logsoftmax_C", "logsoftmax_HW", "min_max_normalize", "batchnorm"),
+     "logsoftmax_N", "logsoftmax_C", "logsoftmax_HW", "min_max_normalize", "batchnorm", "zscore_C"),
 ))
 
 

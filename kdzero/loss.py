@@ -6,7 +6,8 @@
 Steps, for the knowledge input the genome names:
 1. take that tensor from both ``Features``; the teacher's is detached (gradient reaches the student only);
 2. align shapes: a learned connector on the student side when channel/embedding widths differ (1x1 conv + BN for
-   maps, linear for embeddings), adaptive average pooling to the smaller map when spatial sizes differ;
+   maps, linear for embeddings), adaptive average pooling to the smaller map when spatial sizes differ and the
+   transforms would not compare them as they are (``pools_spatially``: not before a batch or channel Gram);
 3. apply the three transforms in order, identically to both sides, sharing any random draw;
 4. divide both by the temperature;
 5. the distance gives one value per sample;
@@ -63,6 +64,31 @@ def align_spatial(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.T
     return student, teacher
 
 
+_PROBE_MAPS = ((8, 8), (16, 16))  # two spatial sizes every op handles; any two distinct ones give the same verdict
+
+
+def pools_spatially(genome: Genome) -> bool:
+    """Whether ``UnifiedLoss`` average-pools the larger of two unequal maps before the transforms.
+
+    Only when the transforms would not make two spatial sizes comparable by themselves. A batch Gram (``mm``:
+    SP's N x N similarities), a channel Gram (``bmm``) or a spatial pyramid (``multi_scale_r*``) compare maps of
+    any size as they are, as their papers do (Tung & Mori's G = Q Q^T on each side's own flattened map);
+    pooling first would change the value (SP on 8x8 vs 4x4 maps). The same rule as for the width connector:
+    align only what the transforms leave incomparable. Inputs other than maps are never pooled."""
+    if genome.input != "feat":
+        return False
+    outputs = set()
+    for size in _PROBE_MAPS:
+        shape: tuple[int, ...] = (4, 16, *size)
+        try:
+            for name in genome.transforms:
+                shape = TRANSFORMS[name].output_shape(shape)
+        except GenomeError:
+            return True
+        outputs.add(shape)
+    return len(outputs) > 1
+
+
 class UnifiedLoss(nn.Module):
     """The distillation loss a genome describes (see the module docstring for its seven steps).
 
@@ -76,6 +102,7 @@ class UnifiedLoss(nn.Module):
         if not isinstance(self.genome, Genome):
             raise GenomeError(f"UnifiedLoss takes a Genome or its text, got {type(genome).__name__}")
         self._transforms = [TRANSFORMS[name] for name in self.genome.transforms]
+        self._pool = pools_spatially(self.genome)
         self._distance = DISTANCES[self.genome.distance]
         self._weight = WEIGHTS[self.genome.weight]
         self.generator = generator
@@ -120,7 +147,8 @@ class UnifiedLoss(nn.Module):
                               f"{tuple(t.shape[1:])}; build a new UnifiedLoss for these models")
         if self.connector is not None:
             s = self.connector(s)
-        s, t = align_spatial(s, t)
+        if self._pool:
+            s, t = align_spatial(s, t)
         ctx = ctx or OpContext(training=self.training, generator=self.generator)
         for slot, op in enumerate(self._transforms):
             ctx.slot = slot
@@ -156,4 +184,4 @@ def check_runs(genome: Genome, student_shapes: Shapes, teacher_shapes: Shapes, b
         raise GenomeError(f"{genome} gives a non-finite loss on random inputs")
 
 
-__all__ = ["UnifiedLoss", "align_spatial", "check_runs", "feature_shapes", "make_connector"]
+__all__ = ["UnifiedLoss", "align_spatial", "check_runs", "feature_shapes", "make_connector", "pools_spatially"]

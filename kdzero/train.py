@@ -627,9 +627,13 @@ def build_distiller(
     s_shapes, t_shapes = probe_shapes(student, data.test), probe_shapes(teacher, data.test)
     if genome is not None:
         return UnifiedLoss(genome, s_shapes, t_shapes)
-    from kdzero.methods import create_method
+    from kdzero.methods import create_method, teacher_margin
 
-    options = {"dataset_size": len(data.train)} if method == "crd" else {}  # CRD's memory bank spans the train set
+    options: dict[str, Any] = {}
+    if method == "crd":  # CRD's memory bank spans the train set
+        options["dataset_size"] = len(data.train)
+    elif method == "ofd":  # OFD's margin comes from the teacher's batch norm before its last ReLU
+        options["margin"] = teacher_margin(teacher)
     return create_method(method, s_shapes, t_shapes, **options)
 
 

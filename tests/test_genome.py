@@ -289,8 +289,8 @@ def test_crossover_takes_every_gene_from_one_of_the_parents():
 
 
 def test_search_space_size_is_the_product_of_choice_counts():
-    assert FULL_SPACE.size() == 3 * 40**3 * 8 * 5 * 4 * 8
-    assert SHRUNK_SPACE.size() == 3 * (5 * 8 * 14) * 8 * 5 * 4 * 8
+    assert FULL_SPACE.size() == 3 * 41**3 * 8 * 5 * 4 * 8
+    assert SHRUNK_SPACE.size() == 3 * (5 * 8 * 15) * 8 * 5 * 4 * 8
 
 
 def test_search_space_without_removes_values_but_never_empties_a_gene():

@@ -13,7 +13,8 @@ import torch
 
 from kdzero.errors import ConfigError
 from kdzero.features import Features
-from kdzero.methods import Distiller, create_method, feature_shapes, list_methods
+from kdzero.methods import Distiller, bn_margin, create_method, feature_shapes, list_methods, teacher_margin
+from kdzero.models import create_model
 
 N, C, H, W, D, K = 8, 16, 4, 4, 16, 10
 REL = 1e-5
@@ -47,7 +48,14 @@ def build(name: str, s: Features, t: Features, **overrides: object) -> Distiller
     """``create_method`` with shapes taken from the features, in float64."""
     if name == "crd":
         overrides.setdefault("dataset_size", 64)
+    if name == "ofd":
+        overrides.setdefault("margin", ofd_margin(t.feat.shape[1]))
     return create_method(name, feature_shapes(s), feature_shapes(t), **overrides).double()
+
+
+def ofd_margin(channels: int) -> torch.Tensor:
+    """A fixed margin for tests: one distinct negative value per teacher channel, -0.1 ... -0.1 * C."""
+    return -0.1 * torch.arange(1, channels + 1, dtype=torch.float64)
 
 
 def call(method: Distiller, s: Features, t: Features, y: torch.Tensor) -> torch.Tensor:
@@ -78,7 +86,8 @@ def close(value: torch.Tensor, reference: float) -> bool:
 
 def test_list_methods_names_every_classical_distiller() -> None:
     assert set(list_methods()) == {
-        "kd", "fitnet", "at", "sp", "cc", "rkd", "pkt", "ofd", "ickd", "cwd", "dkd", "crd", "alpha", "tfkd",
+        "kd", "ls", "fitnet", "at", "sp", "cc", "rkd", "pkt", "ofd", "ickd", "cwd", "dkd", "dkd_ls", "crd", "alpha",
+        "tfkd",
     }
 
 
@@ -92,7 +101,7 @@ def test_unknown_option_raises_config_error_naming_valid_options() -> None:
         create_method("kd", temperature=4)
 
 
-@pytest.mark.parametrize("name", ["fitnet", "ofd", "ickd", "crd"])
+@pytest.mark.parametrize("name", ["fitnet", "ofd", "ickd", "cc", "crd"])
 def test_methods_with_connectors_need_shapes(name: str) -> None:
     extra = {"dataset_size": 10} if name == "crd" else {}
     with pytest.raises(ConfigError, match="needs student_shapes"):
@@ -138,7 +147,7 @@ def test_gradient_reaches_student_only(name: str, target: torch.Tensor) -> None:
     assert any(x.grad is not None and x.grad.abs().sum() > 0 for x in s)
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd", "alpha", "pkt", "cwd", "ofd", "fitnet", "ickd"])
+@pytest.mark.parametrize("name", ["kd", "ls", "dkd", "dkd_ls", "alpha", "pkt", "cwd", "ofd", "fitnet", "ickd"])
 def test_swapping_student_and_teacher_changes_asymmetric_losses(
     name: str, student: Features, teacher: Features, target: torch.Tensor
 ) -> None:
@@ -146,7 +155,7 @@ def test_swapping_student_and_teacher_changes_asymmetric_losses(
     assert not torch.isclose(call(method, student, teacher, target), call(method, teacher, student, target))
 
 
-@pytest.mark.parametrize("name", ["at", "sp", "rkd", "cc"])
+@pytest.mark.parametrize("name", ["at", "sp", "rkd"])
 def test_symmetric_losses_do_not_depend_on_the_order(
     name: str, student: Features, teacher: Features, target: torch.Tensor
 ) -> None:
@@ -241,7 +250,7 @@ def test_alpha_divergence_matches_alphanet_value_and_gradient(
     np.testing.assert_allclose(npy(logit.grad), np.array(grads), rtol=REL, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd", "tfkd", "alpha"])
+@pytest.mark.parametrize("name", ["kd", "ls", "dkd", "dkd_ls", "tfkd", "alpha"])
 def test_logit_methods_stay_finite_on_extreme_logits(name: str, target: torch.Tensor) -> None:
     s = make_features(0)
     t = make_features(1)
@@ -314,11 +323,7 @@ def test_ofd_matches_margin_relu_partial_l2(student: Features, teacher: Features
     s, t = npy(method.connector(student.feat)), npy(teacher.feat)
     total, skipped = 0.0, 0
     for c in range(C):
-        mu, sigma = t[:, c].mean(), t[:, c].std()
-        tail = 0.5 * math.erfc((mu / sigma) / math.sqrt(2))  # Phi(-mu / sigma)
-        pdf = math.exp(-0.5 * (mu / sigma) ** 2) / math.sqrt(2 * math.pi)
-        margin = mu - sigma * pdf / tail if tail > 1e-3 else -3 * sigma
-        assert margin < 0
+        margin = -0.1 * (c + 1)
         for n, i, j in np.ndindex(N, H, W):
             s_v, t_v = s[n, c, i, j], t[n, c, i, j]
             t_v = margin if t_v == 0 else max(t_v, margin)
@@ -328,6 +333,65 @@ def test_ofd_matches_margin_relu_partial_l2(student: Features, teacher: Features
                 total += (s_v - t_v) ** 2
     assert 0 < skipped < (t == 0).sum()
     assert close(method(student=student, teacher=teacher, target=target), 1e-3 * total / N)
+
+
+def test_bn_margin_is_the_gaussian_negative_part_mean_of_heo_et_al() -> None:
+    # m = beta - |gamma| phi(beta/|gamma|) / Phi(-beta/|gamma|), or -3 |gamma| when Phi(-beta/|gamma|) <= 0.001.
+    # By hand: (gamma 1, beta 0): -phi(0)/Phi(0) = -sqrt(2/pi) = -0.797885; (2, 1): 1 - 2 * 0.3520653 / 0.3085375
+    # = -1.282156; (-1, -5): |gamma| = 1, -5 - phi(5)/Phi(5) = -5.0000015; (0.5, 2): Phi(-4) = 3.2e-5 -> -1.5.
+    bn = torch.nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, -1.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, 1.0, -5.0, 2.0]))
+    expected = torch.tensor([-0.797885, -1.282156, -5.0000015, -1.5])
+    torch.testing.assert_close(bn_margin(bn), expected, rtol=0, atol=2e-6)
+
+
+def test_ofd_margin_comes_from_the_teachers_bn_before_its_last_relu() -> None:
+    # ResNet-8 (option B): one block per stage, so the last block also has a downsample BN; the margin must come
+    # from bn2, the BN on the block's own branch (the authors' get_bn_before_relu), not from the shortcut's BN.
+    teacher = create_model("resnet8", num_classes=10)
+    block = teacher.layer3[-1]
+    with torch.no_grad():
+        block.bn2.weight.fill_(2.0)
+        block.bn2.bias.fill_(1.0)
+        block.downsample[1].weight.fill_(1.0)
+        block.downsample[1].bias.fill_(0.0)
+    margin = teacher_margin(teacher)
+    assert margin.shape == (64,)
+    torch.testing.assert_close(margin, torch.full((64,), -1.282156), rtol=0, atol=2e-6)
+    wrn = create_model("wrn_16_1", num_classes=10)  # feat = relu(bn1(block3(...))): the network's final BN
+    torch.testing.assert_close(teacher_margin(wrn), bn_margin(wrn.bn1))
+    vgg = create_model("vgg8", num_classes=10)  # a shape-dependent branch in forward_features does not stop it
+    torch.testing.assert_close(teacher_margin(vgg), bn_margin(vgg.block4[1]))
+
+
+def test_replay_builds_ofd_with_the_teachers_bn_margin() -> None:
+    from kdzero.train import build_distiller, load_data
+
+    data = load_data("digits")
+    student = create_model("resnet8", num_classes=data.num_classes, in_chans=data.in_chans)
+    teacher = create_model("resnet20", num_classes=data.num_classes, in_chans=data.in_chans)
+    with torch.no_grad():
+        teacher.layer3[-1].bn2.bias.copy_(torch.linspace(-1.0, 1.0, 64))
+    method = build_distiller(student, teacher, data, method="ofd")
+    torch.testing.assert_close(method.margin.flatten(), bn_margin(teacher.layer3[-1].bn2))
+
+
+def test_ofd_margin_is_not_read_from_post_relu_maps(student: Features, teacher: Features) -> None:
+    with pytest.raises(ConfigError, match="needs margin="):
+        create_method("ofd", feature_shapes(student), feature_shapes(teacher))
+    with pytest.raises(ConfigError, match="16 finite values <= 0"):
+        create_method("ofd", feature_shapes(student), feature_shapes(teacher), margin=[-1.0] * 15)
+
+
+def test_teacher_margin_names_the_fix_for_a_model_without_bn_before_relu() -> None:
+    class NoBN(torch.nn.Module):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x)
+
+    with pytest.raises(ConfigError, match="pass margin="):
+        teacher_margin(NoBN())
 
 
 def test_ickd_matches_inter_channel_correlation(student: Features, teacher: Features, target: torch.Tensor) -> None:
@@ -365,29 +429,28 @@ def test_cwd_connects_mismatched_channels(teacher: Features, target: torch.Tenso
 # ------------------------------------------------------------------------------------------ embedding methods
 
 
-def cc_reference(s: np.ndarray, t: np.ndarray) -> float:
-    gamma, order = 0.4, 2
-
-    def kernel(e: np.ndarray) -> np.ndarray:
-        e = e / np.linalg.norm(e, axis=1, keepdims=True)
-        sim = e @ e.T
-        return sum(
-            math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * sim**p for p in range(order + 1)
-        )
-
-    return 0.02 * float(np.mean((kernel(s) - kernel(t)) ** 2))
-
-
-def test_cc_matches_taylor_rbf_correlation(student: Features, teacher: Features, target: torch.Tensor) -> None:
-    ref = cc_reference(npy(student.emb), npy(teacher.emb))
-    assert close(build("cc", student, teacher)(student=student, teacher=teacher, target=target), ref)
+def test_cc_on_hand_computed_differences() -> None:
+    # Identity heads on 2-D embeddings: d = |s - t| per sample = (1, 2), (3, 1), (0, 4).
+    # Neighbouring products summed over features: 1*3 + 2*1 = 5 and 3*0 + 1*4 = 4; mean 4.5; x 0.02 = 0.09.
+    s = Features(torch.zeros(3, 1, 1, 1), torch.tensor([[1.0, 2.0], [3.0, 1.0], [0.0, 4.0]]), torch.zeros(3, 2))
+    t = Features(torch.zeros(3, 1, 1, 1), torch.zeros(3, 2), torch.zeros(3, 2))
+    method = create_method("cc", feature_shapes(s), feature_shapes(t), feat_dim=2)
+    with torch.no_grad():
+        for head in (method.embed_s, method.embed_t):
+            head.weight.copy_(torch.eye(2))
+            head.bias.zero_()
+    assert math.isclose(method(student=s, teacher=t, target=torch.zeros(3, dtype=torch.long)).item(), 0.09,
+                        rel_tol=1e-6)
 
 
-def test_cc_embeds_a_narrower_student(teacher: Features, target: torch.Tensor) -> None:
+def test_cc_matches_repdistiller_correlation_through_both_heads(teacher: Features, target: torch.Tensor) -> None:
     narrow = make_features(3, dim=12)
     method = build("cc", narrow, teacher)
-    ref = cc_reference(npy(method.connector(narrow.emb)), npy(teacher.emb))
+    assert method.embed_s.out_features == method.embed_t.out_features == 128
+    delta = np.abs(npy(method.embed_s(narrow.emb)) - npy(method.embed_t(teacher.emb)))
+    ref = 0.02 * np.mean([delta[i] @ delta[i + 1] for i in range(N - 1)])
     assert close(method(student=narrow, teacher=teacher, target=target), ref)
+    assert ref > 1.0  # the weight 0.02 belongs to this scale of term, not to a kernel bounded near 0
 
 
 def test_rkd_matches_distance_and_angle_formula(student: Features, teacher: Features, target: torch.Tensor) -> None:

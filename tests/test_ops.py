@@ -42,7 +42,7 @@ def _np_log_softmax(a: np.ndarray, axis: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ registries
 def test_registries_hold_the_documented_number_of_ops():
-    assert (len(TRANSFORMS), len(DISTANCES), len(WEIGHTS)) == (40, 8, 5)
+    assert (len(TRANSFORMS), len(DISTANCES), len(WEIGHTS)) == (41, 8, 5)
 
 
 def test_unknown_op_name_raises_genome_error_with_suggestion():

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--genome", metavar="TEXT", help="genome text, e.g. 'logit[no,no,no]|kl|no|T4|x1'")
     which.add_argument("--method", metavar="NAME",
                        help="ce (the student alone: the CE baseline) or a classical method of kdzero.methods: "
-                            "kd, at, sp, ofd, rkd, pkt, cc, fitnet, ickd, cwd, dkd, crd, alpha, tfkd")
+                            "kd, ls (KD+LS), dkd, dkd_ls (DKD+LS), at, sp, ofd, rkd, pkt, cc, fitnet, ickd, cwd, crd, "
+                            "alpha, tfkd")
     which.add_argument("--rank", type=int, metavar="K", help="with RUN: the K-th best genome of its leaderboard")
     models = parser.add_argument_group("models")
     models.add_argument("--student", default="resnet8", help="student model (default resnet8)")

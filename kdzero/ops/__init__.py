@@ -1,6 +1,6 @@
 """Floor 1: pure tensor functions the genome is built from, one registry per kind.
 
-``TRANSFORMS`` (40), ``DISTANCES`` (8), ``WEIGHTS`` (5) map names to :class:`Op` entries carrying each op's
+``TRANSFORMS`` (41), ``DISTANCES`` (8), ``WEIGHTS`` (5) map names to :class:`Op` entries carrying each op's
 formula, applicable ranks and shape rule. Nothing here knows about models, genomes or Optuna.
 """
 from kdzero.ops import distances, transforms, weights  # noqa: F401 - importing registers the ops

@@ -90,6 +90,19 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._ops: dict[str, Op] = {}
+        self._aliases: dict[str, str] = {}
+
+    def alias(self, old: str, name: str) -> None:
+        """Accept ``old``, the former name of op ``name``, wherever a name is looked up, so that genome texts and
+        studies written before a rename still load and compute the same loss. ``names``, iteration and ``len``
+        list current names only, so no search space samples the old one."""
+        if name not in self._ops or old in self._ops:
+            raise ValueError(f"cannot alias {self.kind} {old!r} to {name!r}")
+        self._aliases[old] = name
+
+    def canonical(self, name: str) -> str:
+        """The current name of ``name`` (itself unless it is a former name kept by ``alias``)."""
+        return self._aliases.get(name, name)
 
     def register(self, name: str | None = None, **meta) -> Callable[[Callable], Callable]:
         """Decorator: register ``fn`` under ``name`` (default: the function's name); its docstring's first
@@ -107,12 +120,12 @@ class Registry:
 
     def __getitem__(self, name: str) -> Op:
         try:
-            return self._ops[name]
+            return self._ops[self._aliases.get(name, name)]
         except (KeyError, TypeError):  # TypeError: an unhashable name, e.g. a list read from genome JSON
             raise GenomeError(f"unknown {self.kind} {name!r}; {suggest(str(name), self._ops)}") from None
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._ops
+        return isinstance(name, str) and (name in self._ops or name in self._aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ops)

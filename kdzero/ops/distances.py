@@ -3,7 +3,8 @@
 Both tensors are first viewed as (N, G, D): a 2-D (N, K) tensor is one row of K; a 3-D (N, C, L) tensor is C rows
 of L; a 4-D (N, C, H, W) map is C rows of H*W. Distributional distances (kl, hard, cosine, pearson) compare along
 the last axis D (classes for logits, positions for maps) and average over the G rows; elementwise ones (l1, l2,
-smooth_l1) average over all entries. ``correlation`` compares how each sample relates to the rest of the batch.
+smooth_l1) average over all entries. ``batch_congruence`` compares how each sample relates to the rest of the batch
+(it was called ``correlation``, a name still accepted).
 The student always comes first; kl and hard are asymmetric and take the teacher as the target.
 """
 from __future__ import annotations
@@ -77,9 +78,16 @@ def pearson(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @register(formula="mean_j (cos(s_i, s_j) - cos(t_i, t_j))^2 over the batch")
-def correlation(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Correlation congruence: sample i's row of the batch cosine-similarity matrix, student vs teacher.
-    Distils how samples relate to each other rather than the features themselves (CC / RKD family)."""
+def batch_congruence(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Batch similarity congruence: sample i's row of the batch cosine-similarity matrix, student vs teacher.
+    Distils how samples relate to each other rather than the features themselves (CC / SP / RKD family).
+
+    Formerly named ``correlation``, which it is not: it is no cross-correlation of the two tensors (KD-Zero's
+    eq. 12) but a congruence of within-batch cosine similarities, close to Peng et al.'s correlation
+    congruence with a linear kernel on L2-normalised samples. The old name stays accepted (same op)."""
     flat_s = F.normalize(s.reshape(s.shape[0], -1), dim=1, eps=COS_EPS)
     flat_t = F.normalize(t.reshape(t.shape[0], -1), dim=1, eps=COS_EPS)
     return (flat_s @ flat_s.t() - flat_t @ flat_t.t()).pow(2).mean(dim=1)
+
+
+DISTANCES.alias("correlation", "batch_congruence")

@@ -1,4 +1,4 @@
-"""The 40 transforms of the KD-Zero search space.
+"""The 41 transforms of the KD-Zero search space (its 40 plus ``zscore_C``, logit standardisation).
 
 A transform maps a tensor to a tensor and is applied identically to the student and the teacher side. Ranks:
 2-D (N, K) vectors, 3-D (N, C, L) sequences of channel vectors, 4-D (N, C, H, W) maps. Axis 1 is always the
@@ -311,6 +311,26 @@ def batchnorm(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     var = x.var(dim=dims, keepdim=True, unbiased=False)
     return (x - mean) / torch.sqrt(var + 1e-5)
+
+
+ZSCORE_EPS = 1e-7
+
+
+@register(formula="(x - mean_C x) / (std_C x + 1e-7), std with Bessel's correction (C - 1)",
+          degenerate=lambda s: s[1] < 2)
+def zscore_C(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Standardisation over channels (classes, for logits): subtracts each sample's (and position's) mean over
+    C and divides by its standard deviation over C, so that only the relations between the C values remain.
+    This is the logit standardisation of Sun et al. 2024 ("Logit Standardization in Knowledge Distillation",
+    CVPR) with the authors' estimator: the unbiased std (divisor C - 1), 1e-7 added to the std, not to the
+    variance. Applied to both sides before the temperature, ``logit[zscore_C,no,no]|kl|no|T2|x9`` is their
+    KD+LS. The input is first divided by its largest |x| over C (a factor that cancels exactly), so extreme
+    activations cannot overflow the variance; a single channel standardises to zeros (validation rejects it)."""
+    peak = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    y = x / peak
+    centred = y - y.mean(dim=1, keepdim=True)
+    std = y.std(dim=1, keepdim=True, correction=1 if x.shape[1] > 1 else 0)
+    return centred / (std + ZSCORE_EPS / peak)
 
 
 # Attach formulas and docstrings to the lambda-registered ops.

@@ -26,7 +26,6 @@ import inspect
 import json
 import math
 import os
-import pickle
 import re
 import statistics
 import time
@@ -44,6 +43,7 @@ from kdzero.errors import CheckpointError, ConfigError, KdzeroError, suggest
 from kdzero.features import Features
 from kdzero.loss import UnifiedLoss, feature_shapes
 from kdzero.models import create_model, load_checkpoint
+from kdzero.models.checkpoint import load_failure
 
 CRD_MILESTONES: tuple[int, ...] = (150, 180, 210)
 """The CRD protocol's lr-decay epochs for its 240-epoch schedule; other lengths scale them (see TrainConfig)."""
@@ -263,9 +263,8 @@ def _write_json(obj: Any, path: Path) -> None:
 def _load_last(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot resume from {path}: {reason}; delete it to start afresh") from None
+    except Exception as err:  # torch.load fails on a damaged file in many ways: see load_failure
+        raise CheckpointError(f"cannot resume from {path}: {load_failure(err)}; delete it to start afresh") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"cannot resume from {path}: not a kdzero training checkpoint")
     return state
@@ -595,6 +594,8 @@ def load_teacher(model_name: str, checkpoint: str | os.PathLike, data: DatasetSp
     A checkpoint of another class count is reported as "teacher predicts K classes but dataset D has N".
     """
     path = Path(checkpoint)
+    if path.is_dir():
+        raise CheckpointError(f"teacher checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint {path} does not exist")
     from kdzero.models import read_checkpoint

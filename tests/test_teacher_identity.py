@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from kdzero import train
 from kdzero.cli import main
 from kdzero.data import proxy_subset
 from kdzero.errors import ConfigError
+from kdzero.proxy import ProxyResult
+from kdzero.search.runner import BASELINE_ATTR, SearchObserver, ensure_baseline
 from kdzero.teacher_identity import IDENTITY_FILE, TeacherIdentity, read_record, weak_teacher_warning
 from kdzero.train import TrainConfig, ensure_teacher, load_data, teacher_identity, train_teacher
 
@@ -141,3 +144,38 @@ def test_replay_warns_when_its_teacher_is_weaker_than_its_students():
         result.weak_teacher_warning()
     assert replace(result, teacher_acc=99.0).weak_teacher_warning() is None
     assert replace(result, teacher_acc=None, teacher="").weak_teacher_warning() is None
+
+
+class _FakeTask:
+    """What ``ensure_baseline`` reads of a ProxyTask: steps, the teacher's validation top-1, the baseline."""
+
+    def __init__(self, teacher_val_acc: float) -> None:
+        self.config = SimpleNamespace(steps=3)
+        self.teacher_val_acc = teacher_val_acc
+        self._baseline = None
+
+    def set_baseline(self, result, ce_curve) -> None:
+        self._baseline = result
+
+    def baseline(self):
+        return self._baseline
+
+
+class _Notes(SearchObserver):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+@pytest.mark.parametrize("teacher_val_acc, warned", [(0.757, True), (0.99, False)])
+def test_search_warns_when_the_teacher_is_weaker_than_the_ce_only_proxy_student(teacher_val_acc, warned):
+    stored = {"result": ProxyResult(genome="", status="complete", val_acc=0.9).to_dict(), "ce_curve": [1.0] * 3}
+    run = SimpleNamespace(study=SimpleNamespace(user_attrs={BASELINE_ATTR: stored}))
+    notes = _Notes()
+    assert ensure_baseline(run, _FakeTask(teacher_val_acc), notes).val_acc == 0.9
+    expected = ["warning: the teacher (75.70% top-1) is weaker than the CE-only student after the proxy's steps, "
+                "on the proxy validation split (90.00%); distilling from it is unlikely to help: check what it was "
+                "trained on"]
+    assert notes.lines == (expected if warned else [])

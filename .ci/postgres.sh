@@ -1,6 +1,7 @@
 # Sourced by .ci/run: a throw-away PostgreSQL server on 127.0.0.1, owned by an unprivileged user, in a temporary
 # directory; exports KDZERO_TEST_POSTGRES_URL for the multi-worker tests and stops the server on exit.
-# Installs PostgreSQL (Debian's packages) and psycopg2-binary when they are missing.
+# Installs the PostgreSQL server (Debian's packages) when it is missing. Python packages, the database driver
+# included, come from the README's install command alone (the `test` extra holds psycopg 3).
 
 pg_bin=""
 for dir in /usr/lib/postgresql/*/bin; do
@@ -14,7 +15,6 @@ if [ -z "$pg_bin" ]; then
     [ -x "$dir/initdb" ] && pg_bin="$dir"
   done
 fi
-python -m pip install --quiet psycopg2-binary
 
 pg_user=kdzeropg
 if [ "$(id -u)" -eq 0 ]; then

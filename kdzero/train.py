@@ -26,7 +26,6 @@ import inspect
 import json
 import math
 import os
-import pickle
 import re
 import statistics
 import time
@@ -44,6 +43,8 @@ from kdzero.errors import CheckpointError, ConfigError, KdzeroError, suggest
 from kdzero.features import Features
 from kdzero.loss import UnifiedLoss, feature_shapes
 from kdzero.models import create_model, load_checkpoint
+from kdzero.models.checkpoint import load_failure
+from kdzero.teacher_identity import IDENTITY_FILE, TeacherIdentity, read_record, weak_teacher_warning, write_record
 
 CRD_MILESTONES: tuple[int, ...] = (150, 180, 210)
 """The CRD protocol's lr-decay epochs for its 240-epoch schedule; other lengths scale them (see TrainConfig)."""
@@ -66,7 +67,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
 mean/std that, e.g., the akamaster CIFAR-10 ResNets (``resnet*a``) were trained with."""
 
 TEACHERS_DIR = Path("runs/teachers")
-"""Where ``ensure_teacher`` keeps the teachers it trains, one folder ``<model>-<dataset>`` each."""
+"""Where ``ensure_teacher`` keeps the teachers it trains, one folder ``<model>-<dataset>-<identity key>`` each."""
 
 Log = Callable[[str], None]
 
@@ -263,9 +264,8 @@ def _write_json(obj: Any, path: Path) -> None:
 def _load_last(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot resume from {path}: {reason}; delete it to start afresh") from None
+    except Exception as err:  # torch.load fails on a damaged file in many ways: see load_failure
+        raise CheckpointError(f"cannot resume from {path}: {load_failure(err)}; delete it to start afresh") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"cannot resume from {path}: not a kdzero training checkpoint")
     return state
@@ -527,9 +527,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("imagefolder:", "")).strip("_") or "data"
 
 
-def teacher_dir(model_name: str, dataset: str, root: str | os.PathLike = TEACHERS_DIR) -> Path:
-    """The folder ``ensure_teacher`` and ``kdzero train-teacher`` use by default: ``root/<model>-<dataset>``."""
-    return Path(root) / f"{model_name}-{_slug(dataset)}"
+def teacher_identity(model_name: str, data: DatasetSplits, config: TrainConfig) -> TeacherIdentity:
+    """What a teacher ``model_name`` trained on ``data.train`` with ``config`` is: data, normalisation, schedule
+    and seed; the fields that only change speed (``device``, ``amp``, ...) are left out."""
+    schedule = {k: _plain(v) for k, v in asdict(config).items() if k not in (*_RESUME_FREE, "seed")}
+    return TeacherIdentity.of(model_name, data, schedule, config.seed)
+
+
+def teacher_dir(model_name: str, data: DatasetSplits, config: TrainConfig | None = None,
+                root: str | os.PathLike = TEACHERS_DIR) -> Path:
+    """The folder of teacher ``model_name`` trained on ``data`` with ``config`` (default
+    ``TrainConfig.for_dataset``): ``root/<model>-<dataset>-<identity key>``, one folder per distinct teacher, so
+    that a teacher trained on a subset, with other normalisation or another schedule is never taken for another.
+    """
+    config = config or TrainConfig.for_dataset(model_name, data.name)
+    return Path(root) / f"{model_name}-{_slug(data.name)}-{teacher_identity(model_name, data, config).key}"
 
 
 def train_teacher(
@@ -546,16 +558,26 @@ def train_teacher(
     """Train zoo model ``model_name`` from scratch on ``dataset`` (a name or loaded splits) and save it to ``out``.
 
     ``config`` defaults to ``TrainConfig.for_dataset`` (the CRD protocol; ``DIGITS_EPOCHS`` on digits); ``out``
-    defaults to ``teacher_dir(model_name, dataset)``. The teacher to distil from is ``out/best.pt``.
+    defaults to ``teacher_dir(model_name, data, config)``. The teacher to distil from is ``out/best.pt``; beside it
+    ``teacher.json`` records what it was trained on and its test top-1 (``kdzero.teacher_identity``). ``resume``
+    refuses a folder whose record names other data, normalisation, schedule or seed.
     """
     data = dataset if isinstance(dataset, DatasetSplits) else load_data(dataset, data_root)
     config = config or TrainConfig.for_dataset(model_name, data.name)
-    out_dir = Path(out) if out is not None else teacher_dir(model_name, data.name)
+    out_dir = Path(out) if out is not None else teacher_dir(model_name, data, config)
+    identity = teacher_identity(model_name, data, config)
+    existing = read_record(out_dir)
+    if resume and existing is not None and existing.identity != identity:
+        raise ConfigError(f"cannot resume {out_dir}: it holds a teacher trained on "
+                          f"{existing.identity.describe()}, this run differs in "
+                          f"{'; '.join(existing.identity.differences(identity))}; use another --out or drop --resume")
+    write_record(out_dir, identity, finished=False)
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=data.num_classes, in_chans=data.in_chans)
     result = train_model(model, data, config, run_dir=out_dir, resume=resume, progress=progress, log=log)
-    result.extra.update(model=model_name, dataset=data.name, role="teacher")
+    result.extra.update(model=model_name, dataset=data.name, role="teacher", trained_on=identity.describe())
     _write_json(result.to_dict(), out_dir / "results.json")
+    write_record(out_dir, identity, finished=True, test_acc=result.best_acc, best_epoch=result.best_epoch)
     return result
 
 
@@ -567,26 +589,45 @@ def ensure_teacher(
     progress: bool = True,
     log: Log | None = None,
 ) -> Path:
-    """The ``best.pt`` of a teacher ``model_name`` trained on ``data`` with the default schedule, training it first
-    (or finishing an interrupted run) unless ``root/<model>-<dataset>`` already holds a finished one.
+    """The ``best.pt`` of a teacher ``model_name`` trained on exactly ``data.train`` (same images, normalisation)
+    with the default schedule, training it first (or finishing an interrupted run) unless
+    ``teacher_dir(model_name, data, root=root)`` already holds a finished one.
 
     This is how the digits default works without any download: the first replay or search trains the teacher
-    (well under two minutes for resnet8 on two CPU cores) and every later one reuses it.
+    (well under two minutes for resnet8 on two CPU cores) and every later one on the same data reuses it. A run
+    on other data (a ``--train-subset``, other normalisation) gets its own folder and its own teacher.
     """
-    out = teacher_dir(model_name, data.name, root)
     config = TrainConfig.for_dataset(model_name, data.name)
-    results = out / "results.json"
-    if results.is_file() and (out / "best.pt").is_file():
-        try:
-            done = json.loads(results.read_text()).get("epochs_done", 0)
-        except (OSError, ValueError):
-            done = 0
-        if done >= config.epochs:
-            return out / "best.pt"
+    out = teacher_dir(model_name, data, config, root)
+    record = read_record(out)
+    if record is not None and record.identity != teacher_identity(model_name, data, config):
+        raise ConfigError(f"{out} holds a teacher trained on {record.identity.describe()}, not the one its name "
+                          f"stands for; remove that folder to train the right one")
+    if record is not None and record.finished and (out / "best.pt").is_file():
+        return out / "best.pt"
     if log is not None:
-        log(f"training teacher {model_name} on {data.name} into {out} (once; reused afterwards)")
+        log(f"training teacher {model_name} on {data.name} into {out} (once; reused by runs on the same data)")
     train_teacher(model_name, data, config=config, out=out, resume=True, progress=progress, log=log)
     return out / "best.pt"
+
+
+def describe_teacher(model_name: str, checkpoint: str | os.PathLike, test_acc: float | None = None,
+                     measured_on: str = "test") -> str:
+    """One line saying which teacher is used: its checkpoint, what it was trained on (from the ``teacher.json``
+    beside it, when kdzero trained it) and its top-1 (``test_acc``, measured now on the ``measured_on`` split,
+    or else the recorded test top-1)."""
+    record = read_record(Path(checkpoint).parent)
+    if record is None:
+        trained_on = f"trained on: unknown (no {IDENTITY_FILE} beside the checkpoint)"
+    else:
+        trained_on = f"trained on {record.identity.describe()}"
+    if test_acc is not None:
+        accuracy = f"{measured_on} top-1 {test_acc:.2f}%"
+    elif record is not None and record.test_acc is not None:
+        accuracy = f"test top-1 {record.test_acc:.2f}% (recorded)"
+    else:
+        accuracy = "top-1 unknown"
+    return f"teacher {model_name} from {checkpoint}: {trained_on}; {accuracy}"
 
 
 def load_teacher(model_name: str, checkpoint: str | os.PathLike, data: DatasetSplits) -> nn.Module:
@@ -595,6 +636,8 @@ def load_teacher(model_name: str, checkpoint: str | os.PathLike, data: DatasetSp
     A checkpoint of another class count is reported as "teacher predicts K classes but dataset D has N".
     """
     path = Path(checkpoint)
+    if path.is_dir():
+        raise CheckpointError(f"teacher checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint {path} does not exist")
     from kdzero.models import read_checkpoint
@@ -646,6 +689,8 @@ class ReplayResult:
     student: str
     teacher: str | None
     dataset: str
+    teacher_acc: float | None = None
+    teacher_ckpt: str | None = None
 
     @property
     def best_accs(self) -> list[float]:
@@ -662,11 +707,20 @@ class ReplayResult:
         """Mean and sample standard deviation (0 for a single value)."""
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
+    def weak_teacher_warning(self) -> str | None:
+        """A warning when the teacher's test top-1 is below the mean best-epoch top-1 of the students it taught,
+        measured on the same test split: a sign that it was trained on the wrong data or too briefly."""
+        if self.teacher_acc is None:
+            return None
+        student = f"the {self.student} it distilled with {self.label}"
+        return weak_teacher_warning(self.teacher_acc, self.mean_std(self.best_accs)[0], student)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary with every seed's result."""
         best_mean, best_std = self.mean_std(self.best_accs)
         last_mean, last_std = self.mean_std(self.last_accs)
         return {"distiller": self.label, "student": self.student, "teacher": self.teacher, "dataset": self.dataset,
+                "teacher_ckpt": self.teacher_ckpt, "teacher_test_acc": self.teacher_acc,
                 "seeds": [r.config.seed for r in self.runs], "best_acc_mean": best_mean, "best_acc_std": best_std,
                 "last_acc_mean": last_mean, "last_acc_std": last_std, "runs": [r.to_dict() for r in self.runs]}
 
@@ -724,7 +778,7 @@ def replay(
     for name in (student, teacher):  # fail on a bad model name before any training
         if name is not None:
             create_model(name, num_classes=data.num_classes, in_chans=data.in_chans)
-    teacher_model = None
+    teacher_model, teacher_acc = None, None
     if label != "ce":
         if teacher_ckpt is None:
             if data.name != "digits":
@@ -735,9 +789,9 @@ def replay(
         elif teacher is None:
             raise ConfigError("--teacher-ckpt needs --teacher MODEL (the architecture to load it into)")
         teacher_model = load_teacher(teacher, teacher_ckpt, data)
+        teacher_acc = evaluate(teacher_model.to(config.device), data.test.to(config.device))
         if log is not None:
-            log(f"teacher {teacher} from {teacher_ckpt}: test top-1 "
-                f"{evaluate(teacher_model.to(config.device), data.test.to(config.device)):.2f}%")
+            log(describe_teacher(teacher, teacher_ckpt, teacher_acc))
     out_dir = Path(out) if out is not None else Path("runs/replay") / f"{student}-{_slug(data.name)}-{_slug(label)}"
     runs = []
     for seed in seed_list:
@@ -756,6 +810,10 @@ def replay(
         _write_json(result.to_dict(), out_dir / f"seed{seed}" / "results.json")
         runs.append(result)
     summary = ReplayResult(runs=runs, label=label, student=student, teacher=teacher if teacher_model else None,
-                           dataset=data.name)
+                           dataset=data.name, teacher_acc=teacher_acc,
+                           teacher_ckpt=str(teacher_ckpt) if teacher_model is not None else None)
+    warning = summary.weak_teacher_warning()
+    if warning is not None and log is not None:
+        log(warning)
     _write_json(summary.to_dict(), out_dir / "results.json")
     return summary

@@ -80,6 +80,21 @@ def study_snapshot(db: Path) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------------ shared files
+def _cut_raising(path: Path, error: str, folder: Path) -> int:
+    """The first length at which ``path`` cut short makes ``torch.load`` raise ``error`` (``module.Class``);
+    half the file when no cut does (a later torch may fail differently)."""
+    data = path.read_bytes()
+    probe = folder / "probe.pt"
+    for length in range(1, min(len(data), 4096)):
+        probe.write_bytes(data[:length])
+        try:
+            torch.load(probe, weights_only=True)
+        except Exception as exc:
+            if f"{type(exc).__module__}.{type(exc).__name__}" == error:
+                return length
+    return len(data) // 2
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """Checkpoints and a tiny config: a random-init digits resnet8 teacher (the good one), one of another
@@ -98,6 +113,18 @@ def files(tmp_path_factory) -> dict[str, Path]:
     paths["truncated"].write_bytes(data[: len(data) // 3])
     paths["random"] = folder / "random.pt"
     paths["random"].write_bytes(os.urandom(4096))
+    # The legacy (pre-1.6, non-zip) format, which akamaster's .th files use: cut inside its pickled header,
+    # torch.load raises struct.error or IndexError rather than anything a checkpoint reader would expect.
+    legacy = folder / "legacy.pt"
+    torch.save(create_model("resnet20", num_classes=10, in_chans=1).state_dict(), legacy,
+               _use_new_zipfile_serialization=False)
+    for name, error in (("legacy_struct", "struct.error"), ("legacy_index", "builtins.IndexError")):
+        paths[name] = folder / f"{name}.pt"
+        paths[name].write_bytes(legacy.read_bytes()[:_cut_raising(legacy, error, folder)])
+    paths["empty"] = folder / "empty.pt"
+    paths["empty"].write_bytes(b"")
+    paths["directory"] = folder / "afolder.pt"
+    paths["directory"].mkdir()
     paths["config"] = folder / "tiny.toml"
     paths["config"].write_text(TINY_PROXY)
     return paths
@@ -434,6 +461,10 @@ def test_a_failed_start_does_not_lock_the_run_name_to_its_bad_settings(capsys, t
 # ------------------------------------------------------------------------------------------------ 6/7. checkpoints
 CHECKPOINT_CASES = [
     ("truncated", "resnet20", ("truncated.pt",)),
+    ("legacy_struct", "resnet20", ("legacy_struct.pt", "truncated")),
+    ("legacy_index", "resnet20", ("legacy_index.pt", "truncated")),
+    ("empty", "resnet20", ("empty.pt",)),
+    ("directory", "resnet20", ("afolder.pt", "directory")),
     ("random", "resnet20", ("random.pt",)),
     ("vgg8", "resnet20", ("vgg8.pt", "another architecture")),
     ("resnet20_c100", "resnet20", ("100 classes", "has 10")),

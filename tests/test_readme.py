@@ -26,3 +26,15 @@ def test_readme_quickstart_commands_are_the_ones_ci_runs():
     test_command = 'pip install -e ".[test]" && python -m pytest -q'
     assert test_command in text and test_command in ci
     assert "pip install -e . && kdzero search" in text
+
+
+def test_ci_installs_only_what_the_readme_tells_a_user_to_install():
+    """CI must pass with the README's install commands alone: a package that CI installs by hand (a database
+    driver, say) hides a fresh machine's failure. CI may start services; its pip installs name nothing else."""
+    text = README.read_text()
+    for script in sorted((README.parent / ".ci").iterdir()):
+        for command in re.findall(r"pip install ([^\n&;|]+)", script.read_text()):
+            packages = [token for token in command.split() if not token.startswith("-")]
+            assert packages, f"{script.name}: {command}"
+            for package in packages:
+                assert package in text, f"{script.name} installs {package}, which the README never asks for"

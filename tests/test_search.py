@@ -18,7 +18,7 @@ from kdzero.genome import GENES, SHRUNK_SPACE, Genome
 from kdzero.presets import PRESETS
 from kdzero.search import SAMPLERS, EvolutionSampler, SurrogateRanker, create_sampler, genome_to_params
 from kdzero.search.space import KD_GRID_SPACE, genome_from_params, space_choices, suggest_genome
-from kdzero.search.study import initialise
+from kdzero.search.study import initialise, make_storage
 
 FEAT = {"feat": (16, 4, 4), "emb": (16,), "logit": (10,)}
 
@@ -173,7 +173,10 @@ def _search(args: list[str], runs: Path, **popen) -> subprocess.Popen:
 
 
 def _study(runs: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{(runs / name / 'study.db').as_posix()}")
+    """The run's study, opened as ``kdzero leaderboard`` opens it: never creating the database, and under the
+    schema lock, so that polling a search that is still creating its tables cannot break it."""
+    storage = make_storage(f"sqlite:///{(runs / name / 'study.db').as_posix()}", create=False)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _check_whole(study: optuna.Study, budget: int) -> None:
@@ -201,7 +204,7 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating_trials(tiny
             continue
         try:
             trials = _study(runs, "killed").get_trials()
-        except Exception:
+        except KeyError:  # the database exists, the study in it not yet
             continue
         finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         if finished and any(t.state == TrialState.RUNNING for t in trials):

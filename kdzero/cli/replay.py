@@ -14,7 +14,7 @@ from kdzero.errors import ConfigError
 EPILOG = """\
 examples:
   kdzero replay --genome 'logit[no,no,no]|kl|no|T4|x1' --student resnet8 --dataset digits
-      digits trains (once) and reuses its own teacher, runs/teachers/resnet20-digits/best.pt
+      digits trains (once per training data) and reuses its own teacher, runs/teachers/resnet20-digits-KEY/best.pt
   kdzero replay --method ce --student resnet8 --seeds 3
       the CE-only baseline over seeds 0, 1, 2: mean and std of best-epoch and last-epoch top-1
   kdzero replay runs/r56-r20 --rank 1 --teacher resnet56 --teacher-ckpt t/best.pt --student resnet20 \\

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.dataset, args.data_root, normalize=args.normalize, train_subset=args.train_subset)
     set_threads(args, data.name)
     config = config_from_args(args, args.model, data.name)
-    out = args.out or teacher_dir(args.model, data.name)
+    out = args.out or teacher_dir(args.model, data, config)
     result = train_teacher(args.model, data, config=config, out=out, resume=args.resume,
                            progress=not (args.no_progress or args.json), log=log_line)
     if args.json:

@@ -59,6 +59,24 @@ def _strip(key: str) -> str:
     return key
 
 
+def load_failure(err: Exception, weights_only: bool = True) -> str:
+    """Why ``torch.load`` failed on a file, in a few words, for a one-line error that also names the file.
+
+    A damaged file fails in many ways, depending on its format and on where it was cut: a truncated zip
+    checkpoint raises RuntimeError, a truncated legacy one (``_use_new_zipfile_serialization=False``, the format
+    of akamaster's ``.th`` files) struct.error, IndexError or EOFError, a text file UnpicklingError. Callers
+    therefore catch every ``Exception`` around ``torch.load`` and report it through this function.
+    """
+    text = str(err).strip()
+    detail = text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError) and weights_only and "weights_only" in text:
+        return "it pickles Python objects besides tensors; re-save its state_dict() or, if you trust the file, " \
+               "pass weights_only=False"
+    if isinstance(err, OSError):
+        return err.strerror or detail
+    return f"damaged, truncated or not a PyTorch file ({type(err).__name__}: {detail})"
+
+
 def read_checkpoint(path: str | Path, weights_only: bool = True) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """The state dict in the file at ``path`` (prefixes stripped) and its layout and extra entries.
 
@@ -67,15 +85,8 @@ def read_checkpoint(path: str | Path, weights_only: bool = True) -> tuple[dict[s
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if weights_only and "weights_only" in str(err):
-            reason = "it pickles Python objects besides tensors; re-save its state_dict() or, if you trust the " \
-                     "file, pass weights_only=False"
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    except Exception as err:  # torch.load fails on a damaged file in many ways: see load_failure
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_failure(err, weights_only)}") from None
     if _is_state_dict(obj):
         layout, state, meta = "state_dict", obj, {}
     elif isinstance(obj, Mapping) and _is_state_dict(obj.get("model")):

@@ -26,6 +26,7 @@ from kdzero.search.config import SearchConfig
 from kdzero.search.evolution import ShapeCheck
 from kdzero.search.samplers import create_sampler
 from kdzero.search.space import named_space, space_from_choices, suggest_genome
+from kdzero.teacher_identity import weak_teacher_warning
 
 Log = Callable[[str], None]
 
@@ -55,7 +56,7 @@ def configure_torch(config: SearchConfig) -> None:
 def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, int], None] | None = None,
                device: str | None = None) -> ProxyTask:
     """Data, teacher (loaded, or trained once for digits) and student factory of a run, as a ProxyTask."""
-    from kdzero.train import ensure_teacher, load_data
+    from kdzero.train import describe_teacher, ensure_teacher, load_data
 
     data = load_data(config.dataset, config.data_root, normalize=config.normalize)
     teacher = create_model(config.teacher, num_classes=data.num_classes, in_chans=data.in_chans)
@@ -75,7 +76,9 @@ def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, 
     if proxy_config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {proxy_config.device!r} requested but CUDA is not available; use --device cpu")
     factory = partial(create_model, config.student, num_classes=data.num_classes, in_chans=data.in_chans)
-    return ProxyTask(teacher, factory, data, proxy_config, config.run_dir / "cache", log=log, progress=progress)
+    task = ProxyTask(teacher, factory, data, proxy_config, config.run_dir / "cache", log=log, progress=progress)
+    log(describe_teacher(config.teacher, checkpoint, 100 * task.teacher_val_acc, measured_on="proxy validation"))
+    return task
 
 
 @dataclass
@@ -160,6 +163,10 @@ def ensure_baseline(run: Run, task: ProxyTask, observer: SearchObserver | None =
             observer.log("training the CE-only student once: the reference every distiller must beat")
         result = evaluate(task, [None], on_step=observer.step if observer else None)[0]
         run.study.set_user_attr(BASELINE_ATTR, {"result": result.to_dict(), "ce_curve": task.baseline_ce_curve()})
+    warning = weak_teacher_warning(100 * task.teacher_val_acc, 100 * task.baseline().val_acc,
+                                   "the CE-only student after the proxy's steps, on the proxy validation split")
+    if warning is not None and observer is not None:
+        observer.log(warning)
     return task.baseline()
 
 

@@ -10,13 +10,15 @@ is lost and nothing stays RUNNING.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sqlite3
 import threading
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +30,11 @@ from kdzero.errors import ConfigError
 from kdzero.proxy import ProxyResult
 from kdzero.search.evolution import trial_key
 from kdzero.search.space import genome_to_params, space_choices
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; make_storage's retry still covers the race
+    fcntl = None
 
 HEARTBEAT_INTERVAL = int(os.environ.get("KDZERO_HEARTBEAT_INTERVAL", "10"))
 GRACE_PERIOD = int(os.environ.get("KDZERO_GRACE_PERIOD", "60"))
@@ -47,14 +54,28 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _with_installed_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; use psycopg2 when only it is installed."""
-    if url.startswith(("postgresql://", "postgres://")):
-        import importlib.util
+POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+"""PostgreSQL drivers in order of preference (module, SQLAlchemy dialect): psycopg 3, which ``kdzero[postgres]``
+and ``kdzero[test]`` install, then psycopg2 for machines that only have the older one."""
 
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
+
+def _with_installed_driver(url: str) -> str:
+    """A ``postgresql://`` or ``postgres://`` URL that names no driver, given the best installed one.
+
+    SQLAlchemy picks a default driver by version (psycopg2 before 2.1, psycopg 3 from 2.1 on) whether or not it is
+    installed, and rejects the ``postgres://`` spelling that many hosting services hand out; users should not have
+    to know either. A URL that names its driver (``postgresql+psycopg2://``) is left as it is.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    for module, dialect in POSTGRES_DRIVERS:
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise ConfigError(f"storage {_redact(url)} needs a PostgreSQL driver and none is installed: "
+                      f"pip install 'kdzero[postgres]' (psycopg 3)")
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -104,29 +125,80 @@ def check_storage_file(url: str, create: bool = True) -> None:
                           f"kdzero will not write into it: move it away or use another run name")
 
 
+SCHEMA_RACE = ("already exists", "unique constraint", "duplicate key")
+"""Fragments of the errors two processes get when both create a new study database at once (SQLite: "table
+study_system_attributes already exists"; PostgreSQL: "duplicate key value violates unique constraint
+pg_type_typname_nsp_index"); opening again succeeds because the other process has finished the schema."""
+OPEN_ATTEMPTS = 5
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, create: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` while an SQLite study database is checked and opened.
+
+    Optuna creates its tables (and its version row, and Alembic's) one statement at a time when it opens a
+    storage, so a second process opening a new database meanwhile sees it half made: Optuna fails on a table that
+    appeared after it looked, and ``check_storage_file`` would refuse an empty file or one without Optuna's
+    tables. Creators make the lock file before the database; readers lock only when both exist (a reader that
+    finds the database without a lock file sees one made by another program, or finished, and a read-only
+    folder still works). Other URLs and platforms without ``fcntl`` rely on ``make_storage``'s retry alone.
+    """
+    path = _sqlite_path(url)
+    if path is None or fcntl is None:
+        yield
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        if create:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        elif path.exists():
+            fd = os.open(lock_path, os.O_RDONLY)
+        else:
+            fd = None
+    except OSError:
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def make_storage(url: str, create: bool = True) -> RDBStorage:
     """An RDB storage with heartbeats, for SQLite files and any SQLAlchemy URL (PostgreSQL for many machines).
 
-    ``create=False`` is for readers and workers: a missing SQLite file is an error, not a new database."""
+    ``create=False`` is for readers and workers: a missing SQLite file is an error, not a new database. Safe to
+    call from many processes at once on one new database: SQLite files are created under ``_schema_lock``, and
+    an error of a concurrent schema creation (``SCHEMA_RACE``) is retried, up to ``OPEN_ATTEMPTS`` times.
+    """
     url = _with_installed_driver(url)
-    check_storage_file(url, create=create)
     if url.startswith("sqlite:///"):
-        if create:
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    elif url.startswith(("postgresql", "postgres")):
+    elif url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL,
-                          grace_period=GRACE_PERIOD)
-    except ImportError as exc:
-        raise ConfigError(f"storage {url.split(':')[0]!r} needs a database driver: {exc} "
-                          f"(for PostgreSQL: pip install 'kdzero[postgres]')") from None
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open storage {_redact(url)}: {first_line}") from None
+    if create and _sqlite_path(url) is not None:
+        _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+    attempt = 1
+    while True:
+        with _schema_lock(url, create):
+            check_storage_file(url, create=create)
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                  grace_period=GRACE_PERIOD)
+            except ImportError as exc:
+                raise ConfigError(f"storage {url.split(':')[0]!r} needs a database driver: {exc} "
+                                  f"(for PostgreSQL: pip install 'kdzero[postgres]')") from None
+            except Exception as exc:
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if attempt == OPEN_ATTEMPTS or not any(part in first_line.lower() for part in SCHEMA_RACE):
+                    raise ConfigError(f"cannot open storage {_redact(url)}: {first_line}") from None
+        time.sleep(0.1 * attempt)
+        attempt += 1
 
 
 def _redact(url: str) -> str:

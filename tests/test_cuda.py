@@ -420,10 +420,11 @@ def test_cli_search_on_the_device_finishes_its_budget_with_scores(tiny_run, tmp_
 
 def test_cli_search_with_two_workers_on_one_device_shares_the_population(tiny_run, tmp_path):
     runs = tmp_path / "runs"
+    device = "cuda:0" if ON_CUDA else str(DEVICE)  # both workers on the first GPU
     proc = _kdzero(["search", "--config", str(tiny_run["config"]), "--name", "pair", "--runs-dir", str(runs),
-                    "--devices", f"{DEVICE},{DEVICE}", "--workers", "2", *SEARCH])
+                    "--devices", f"{device},{device}", "--workers", "2", *SEARCH])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"started 2 workers on {DEVICE}, {DEVICE}" in proc.stdout
+    assert f"started 2 workers on {device}, {device}" in proc.stdout
     finished = _finished(runs, "pair")
     assert len(finished) == 6
     evaluated = [t.user_attrs["key"] for t in finished if "duplicate_of" not in t.user_attrs]

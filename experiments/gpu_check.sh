@@ -40,7 +40,7 @@ mkdir -p "$OUT_DIR"
 : > "$OUT_DIR/gpu_check.log"
 exec > >(tee -a "$OUT_DIR/gpu_check.log") 2>&1
 START=$(date +%s)
-BUDGET="${GPU_CHECK_BUDGET:-470}"
+BUDGET="${GPU_CHECK_BUDGET:-470}"  # seconds for everything on a GPU machine; 280 without one (set below)
 DATA="$ROOT/local_data"
 SHARED="$ROOT/../shared/data"
 TEACHER_REL="teachers/akamaster-cifar10/resnet56-4bfd9763.th"
@@ -157,6 +157,7 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
 else
     GPU=0
     DEV=cpu
+    BUDGET="${GPU_CHECK_BUDGET:-280}"
     export OMP_NUM_THREADS=1
     say "NO GPU: CUDA tests skip; the benchmarks and the search run on the CPU with tiny budgets (plumbing only)"
 fi
@@ -179,7 +180,7 @@ fi
 bench() {  # bench NAME SECONDS ARGS...: experiments/bench_NAME.py with its report in the output folder
     local name="$1" limit="$2"
     shift 2
-    local cap=$(( $(left) - (GPU ? 150 : 40) ))  # keep time for the search
+    local cap=$(( $(left) - (GPU ? 150 : 35) ))  # keep time for the search
     (( limit > cap )) && limit=$cap
     run_step "bench_$name" "$limit" "$PY" "experiments/bench_$name.py" "$@"
     case $? in
@@ -195,11 +196,11 @@ if (( FAILED == 0 && HAVE_DATA )); then
             --out "$OUT_DIR/bench_batched.txt"
         bench kd_step 35 --device cuda --rounds 6 --per-round 5 --loss-calls 50 --out "$OUT_DIR/bench_kd_step.txt"
     else
-        bench proxy 90 --steps 2 --batch-size 8 --random 0 --presets kd --views 1 --train-per-class 5 \
+        bench proxy 75 --steps 2 --batch-size 8 --random 0 --presets kd --views 1 --train-per-class 5 \
             --val-per-class 5 --no-bf16 --out "$OUT_DIR/bench_proxy.txt"
-        bench batched 60 --groups 1 2 --steps 2 --rounds 1 --batch-size 8 --val-per-class 5 \
+        bench batched 50 --groups 1 2 --steps 2 --rounds 1 --batch-size 8 --val-per-class 5 \
             --data "$DATA/cifar10-jpeg" --out "$OUT_DIR/bench_batched.txt"
-        bench kd_step 40 --batch-size 8 --rounds 1 --per-round 1 --warmup 1 --loss-calls 5 \
+        bench kd_step 25 --batch-size 8 --rounds 1 --per-round 1 --warmup 1 --loss-calls 5 \
             --out "$OUT_DIR/bench_kd_step.txt"
     fi
 fi
@@ -216,12 +217,12 @@ if (( FAILED == 0 && HAVE_DATA )); then
         (( limit > 190 )) && limit=190
     else
         SEARCH+=(--steps 2 --batch-size 8 --views 1 --train-subset 5 --population 2 --iterations 1)
-        limit=$(( $(left) - 10 ))
-        (( limit > 60 )) && limit=60
+        limit=$(( $(left) - 5 ))
+        (( limit > 30 )) && limit=30
     fi
     say "search: stopped with Ctrl-C (SIGINT) after ${limit}s at the latest"
     began=$(date +%s)
-    timeout -s INT -k 20 "$limit" "${SEARCH[@]}" 2>&1 | tee "$OUT_DIR/search.log"
+    timeout -s INT -k "$(( GPU ? 20 : 5 ))" "$limit" "${SEARCH[@]}" 2>&1 | tee "$OUT_DIR/search.log"
     rc=${PIPESTATUS[0]}
     wall=$(( $(date +%s) - began ))
     printf '%s\t%s\t%s\t%s\n' search "$rc" "$wall" "$limit" >> "$STEPS"

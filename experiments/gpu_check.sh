@@ -12,7 +12,7 @@
 #   cp ../shared/data/cifar10-jpeg.tar.gz local_data/
 #   cp ../shared/data/teachers/akamaster-cifar10/resnet56-4bfd9763.th local_data/teachers/akamaster-cifar10/
 # To ship it to a GPU machine, carry local_data/cifar10-jpeg.tar.gz, local_data/teachers and local_data/wheels
-# (about 26 MB), not the extracted local_data/cifar10-jpeg/ (60,000 files, re-extracted there in seconds).
+# (about 28 MB), not the extracted local_data/cifar10-jpeg/ (60,000 files, re-extracted there in seconds).
 #
 # Steps, each under its own timeout so that the whole stays under GPU_CHECK_BUDGET seconds (default 470):
 #   1. install: keeps a Python that already imports torch (the GPU image's CUDA build); otherwise

@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,10 +37,13 @@ def main() -> None:
     parser.add_argument("--proxy-steps", type=int, default=400, help="steps per candidate, for the projection")
     parser.add_argument("--data", default="/tmp/cifar10jpeg")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--val-per-class", type=int, default=None,
+                        help="validation images per class (default: the whole split; the teacher scores it once)")
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_batched.txt"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from kdzero.data import proxy_subset
     from kdzero.genome import Genome
     from kdzero.models import create_model, load_checkpoint
     from kdzero.proxy import ProxyConfig, ProxyTask, _Candidate, _StackedGroup
@@ -47,6 +51,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     data = load_data(f"imagefolder:{ensure_cifar10_jpeg(Path(args.data))}", normalize="imagenet", train_subset=1000)
+    if args.val_per_class:
+        data = replace(data, val=proxy_subset(data.val, per_class=args.val_per_class, seed=0))
     teacher = create_model("resnet56a", num_classes=10)
     load_checkpoint(teacher, AKAMASTER / "resnet56-4bfd9763.th")
     config = ProxyConfig(steps=args.steps, batch_size=args.batch_size, num_views=1, device=args.device,

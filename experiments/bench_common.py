@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-CIFAR10_JPEG = Path("/tmp/cifar10jpeg")
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+# Where the data is: ../shared/data beside the repository, unless KDZERO_SHARED_DATA names a folder laid out like
+# it (experiments/gpu_check.sh points it at the git-ignored local_data/ on a machine that has only the checkout);
+# KDZERO_CIFAR10_JPEG is where the JPEG archive is extracted.
+CIFAR10_JPEG = Path(os.environ.get("KDZERO_CIFAR10_JPEG") or "/tmp/cifar10jpeg")
+SHARED_DATA = Path(os.environ.get("KDZERO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 CIFAR10_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
 AKAMASTER = SHARED_DATA / "teachers" / "akamaster-cifar10"
 
@@ -112,6 +115,12 @@ def summary(seconds: Sequence[float], unit: float = 1e3, suffix: str = "ms") -> 
     q = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [seconds[0]] * 3
     return (f"median {statistics.median(seconds) * unit:8.1f} {suffix}  (IQR {q[0] * unit:.1f}-{q[2] * unit:.1f}, "
             f"n={len(seconds)})")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously): call before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def round_ratios(a: Sequence[float], b: Sequence[float], per_round: int) -> list[float]:

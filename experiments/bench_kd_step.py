@@ -13,6 +13,7 @@ isolates the per-step overhead in milliseconds from the much larger noise of a s
 
     python experiments/bench_kd_step.py            # ~3 minutes on 2 shared cores
     python experiments/bench_kd_step.py --real --rounds 20
+    python experiments/bench_kd_step.py --device cuda     # timings synchronise the device
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from bench_common import AKAMASTER, Report, ensure_cifar10_jpeg, interleaved, round_ratios, summary
+from bench_common import AKAMASTER, Report, ensure_cifar10_jpeg, interleaved, round_ratios, summary, synchronize
 
 from kdzero import PRESETS, Features, UnifiedLoss
 from kdzero.loss import feature_shapes
@@ -40,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
     parser.add_argument("--loss-calls", type=int, default=200, help="timed loss-only calls per variant per round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--out", default=None, help="results file (default experiments/results/bench_kd_step.txt)")
     return parser.parse_args()
 
@@ -72,18 +74,19 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     report = Report("kd_step", out=args.out)
-    stream = batches(args)
+    device = torch.device(args.device)
+    stream = [(x.to(device), y.to(device)) for x, y in batches(args)]
     teacher = create_model("resnet56a", num_classes=10)
     load_checkpoint(teacher, AKAMASTER / "resnet56-4bfd9763.th")
-    teacher.eval().requires_grad_(False)
+    teacher.to(device).eval().requires_grad_(False)
     with torch.no_grad():
         teacher_shapes = feature_shapes(teacher(stream[0][0][:2]))
-        student_shapes = feature_shapes(create_model("resnet20", num_classes=10).eval()(stream[0][0][:2]))
-    unified = UnifiedLoss(PRESETS["kd"], student_shapes, teacher_shapes)
+        student_shapes = feature_shapes(create_model("resnet20", num_classes=10).to(device).eval()(stream[0][0][:2]))
+    unified = UnifiedLoss(PRESETS["kd"], student_shapes, teacher_shapes).to(device)
 
     def make_step(kd):
         torch.manual_seed(0)
-        student = create_model("resnet20", num_classes=10).train()
+        student = create_model("resnet20", num_classes=10).to(device).train()
         optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         position = [0]
 
@@ -97,16 +100,17 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            synchronize(device)
 
         return step
 
     x, y = stream[0]
     with torch.no_grad():
         t = teacher(x)
-        s = create_model("resnet20", num_classes=10).eval()(x)
+        s = create_model("resnet20", num_classes=10).to(device).eval()(x)
     value_u = float(unified(student=s, teacher=t, target=y))
     value_h = float(handwritten_kd(s, t, y))
-    report.add(f"pair: resnet56a (akamaster) -> resnet20, batch {args.batch_size}, "
+    report.add(f"pair: resnet56a (akamaster) -> resnet20, batch {args.batch_size}, on {device}, "
                f"{'real CIFAR-10 JPEG' if args.real else 'random'} 3x32x32 inputs, genome {PRESETS['kd']}")
     report.add(f"same value: unified {value_u:.6f} vs handwritten {value_h:.6f} (|diff| {abs(value_u - value_h):.1e})")
 
@@ -116,6 +120,7 @@ def main() -> None:
     def loss_only(kd):
         def call() -> None:
             kd(student=fixed_s, teacher=t, target=y).backward()
+            synchronize(device)
         return call
 
     report.add(f"loss alone (forward + backward on fixed logits), {args.rounds} rounds x {args.loss_calls} calls:")

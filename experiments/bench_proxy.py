@@ -25,6 +25,7 @@ separately and amortised over a search of ``--amortise`` candidates. Target (iss
 
     python experiments/bench_proxy.py                    # ~20 minutes on one quiet core
     python experiments/bench_proxy.py --steps 30 --random 1   # a quick look
+    python experiments/bench_proxy.py --device cuda --group 8  # on a GPU: groups are stacked (vmap) there
 """
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def parse_args() -> argparse.Namespace:
                         help="candidates a search shares kdzero's one-off costs over (default 40: 12 + 28)")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast kdzero variant")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: every variant runs there")
+    parser.add_argument("--group", type=int, default=CPU_GROUP,
+                        help=f"candidates per group in the grouped variants (default {CPU_GROUP}, the CPU search's)")
     parser.add_argument("--out", default=None, help="results file (default experiments/results/bench_proxy.txt)")
     return parser.parse_args()
 
@@ -112,20 +116,21 @@ class Straightforward:
         self.train_set = Subset(datasets.ImageFolder(str(root / "train"), transform=train_tf), train_files)
         self.val_set = Subset(datasets.ImageFolder(str(root / "train"), transform=val_tf), val_files)
         self.loader_cls = DataLoader
-        self.teacher, self.task, self.config = teacher, task, config
+        self.teacher, self.task, self.config = teacher.to(config.device), task, config
+        self.device = torch.device(config.device)
         x, y = self.val_tensors(config.sharpness_samples)
         self.teacher_sharpness = sharpness(teacher, x, y, rho=config.rho)
 
     def val_tensors(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = next(iter(self.loader_cls(self.val_set, batch_size=n, num_workers=0)))
-        return x, y
+        return x.to(self.device), y.to(self.device)
 
     def candidate(self, genome: Genome, steps: int) -> dict:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        student = create_model("resnet20", num_classes=10).train()
+        student = create_model("resnet20", num_classes=10).to(self.device).train()
         loss_fn = UnifiedLoss(genome, self.task.student_shapes, self.task.teacher_shapes,
-                              generator=torch.Generator().manual_seed(cfg.seed))
+                              generator=torch.Generator().manual_seed(cfg.seed)).to(self.device)
         params = list(student.parameters()) + list(loss_fn.parameters())
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -134,6 +139,7 @@ class Straightforward:
         done = 0
         while done < steps:
             for x, y in loader:
+                x, y = x.to(self.device), y.to(self.device)
                 with torch.no_grad():
                     t = self.teacher(x)
                 out = student(x)
@@ -150,6 +156,7 @@ class Straightforward:
         ce_sum, correct, count, s_feats, t_feats = 0.0, 0, 0, [], []
         with torch.no_grad():
             for x, y in self.loader_cls(self.val_set, batch_size=500, num_workers=0):
+                x, y = x.to(self.device), y.to(self.device)
                 out = student(x)
                 t_feats.append(self.teacher(x).feat)
                 s_feats.append(out.feat)
@@ -208,7 +215,7 @@ def main() -> None:
     val_n = len(data.val)
     config = ProxyConfig(steps=args.steps, batch_size=args.batch_size, num_views=args.views,
                          train_subset=args.train_per_class, cka_samples=min(512, val_n),
-                         sharpness_samples=min(256, val_n), seed=0)
+                         sharpness_samples=min(256, val_n), seed=0, device=args.device)
     variants = {"kdzero fp32": config}
     if not args.no_bf16:
         variants["kdzero bf16"] = replace(config, bf16=True)
@@ -228,7 +235,7 @@ def main() -> None:
 
     report.add(f"pair: resnet56a (akamaster) -> resnet20 on CIFAR-10 JPEG; {len(train_files)} train images, "
                f"{val_n} val images, batch {args.batch_size}, {args.steps} steps per candidate, "
-               f"{args.views} cached views; every candidate scored (val CE, S-gap, CKA gap)")
+               f"{args.views} cached views, on {args.device}; every candidate scored (val CE, S-gap, CKA gap)")
     report.add("one-off costs: " + "; ".join(
         f"{name} {seconds:.1f} s" for name, seconds in one_off.items()) +
         "  (kdzero: teacher cache, val features, teacher sharpness, CE-only reference run; the second kdzero task "
@@ -261,7 +268,10 @@ def main() -> None:
 
     n = len(genomes)
     report.add("")
-    report.add(f"the same genomes in the search's CPU groups of {CPU_GROUP} (students looped over one batch stream):")
+    stacked = torch.device(args.device).type == "cuda"  # evaluate's default: stacked (vmap) on CUDA, looped on CPU
+    report.add(f"the same genomes in groups of {args.group} ("
+               + ("students stacked into one vmapped model" if stacked else "students looped over one batch stream")
+               + "):")
     good = [i for i, g in enumerate(genomes) if str(g) not in BAD_GENOMES]
     bad = [i for i in range(n) if i not in good]
     for name in variants:
@@ -269,8 +279,8 @@ def main() -> None:
         # a rejected genome leaves its group at step 1, so mixing them would change the total by well under 1%.
         per_genome, grouped = [0.0] * n, {}
         for part in (good, bad):
-            for j in range(0, len(part), CPU_GROUP):
-                chunk = part[j:j + CPU_GROUP]
+            for j in range(0, len(part), args.group):
+                chunk = part[j:j + args.group]
                 start = time.perf_counter()
                 grouped.update(zip(chunk, evaluate(tasks[name], [genomes[i] for i in chunk])))
                 wall = time.perf_counter() - start
@@ -279,8 +289,11 @@ def main() -> None:
         seconds[f"{name} grouped"] = per_genome
         one_off[f"{name} grouped"] = one_off[name]
         same = all(without_time(grouped[i]) == without_time(single[name][i]) for i in range(n))
+        drift = max((abs(grouped[i].score - single[name][i].score) / abs(single[name][i].score)
+                     for i in good if not single[name][i].rejected and not grouped[i].rejected), default=0.0)
         report.add(f"  {name} grouped: {n} candidates in {sum(per_genome):.1f} s; results identical to one at a "
-                   f"time: {'yes' if same else 'NO'}")
+                   f"time: {'yes' if same else 'NO'} (largest relative score difference {drift:.1e}"
+                   + ("; stacked kernels round differently" if stacked else "") + ")")
     variants = {**variants, **{f"{name} grouped": cfg for name, cfg in variants.items()}}
     names = ["plain", *variants]
     rate = {name: 3600 * n / sum(seconds[name]) for name in names}

@@ -222,7 +222,8 @@ def count_flops(model: nn.Module, in_chans: int, image_size: tuple[int, int]) ->
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_chans, *image_size))
+            device = next(model.parameters(), torch.empty(0)).device  # a teacher already moved to the GPU
+            model(torch.zeros(1, in_chans, *image_size, device=device))
     finally:
         model.train(was_training)
         for handle in handles:

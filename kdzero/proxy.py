@@ -225,7 +225,9 @@ class _Candidate:
         self.loss_fn: UnifiedLoss | None = None
         if genome is not None:
             generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
-            self.loss_fn = UnifiedLoss(genome, task.student_shapes, task.teacher_shapes, generator=generator)
+            with torch.random.fork_rng(devices=[]):  # a connector's initial weights, like the student's, are seeded
+                torch.manual_seed(cfg.seed)
+                self.loss_fn = UnifiedLoss(genome, task.student_shapes, task.teacher_shapes, generator=generator)
             self.loss_fn.to(task.device)
         self.trained = list(self.student.parameters()) + self.loss_parameters()
         self.optimizer = _sgd(self.trained, cfg)

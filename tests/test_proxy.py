@@ -168,3 +168,19 @@ def test_bf16_keeps_rejecting_the_known_bad_genomes(bf16_task):
     for text, stage in BAD.items():
         result = evaluate(bf16_task, [Genome.parse(text)])[0]
         assert result.rejected and result.stage == stage and result.steps <= 3, (text, result.reason)
+
+
+def test_a_width_connector_starts_from_seeded_weights_whatever_ran_before(tmp_path):
+    """A connector (here: a teacher twice as wide) is initialised under the run's seed like the student, so a
+    genome's result does not hang on the global RNG, i.e. on the group it trains in or what ran before it."""
+    torch.manual_seed(0)
+    teacher = create_model("wrn_16_2", num_classes=10, in_chans=1)  # 128 feature channels against resnet8's 64
+    config = ProxyConfig(steps=3, batch_size=32, num_views=1, warmup_steps=8, sharpness_samples=32, cka_samples=32)
+    task = ProxyTask(teacher, lambda: create_model("resnet8", num_classes=10, in_chans=1), load_dataset("digits"),
+                     config, tmp_path, log=lambda message: None)
+    genome = Genome.parse("feat[no,no,no]|l2|no|T1|x1")
+    first = evaluate(task, [genome])[0]
+    torch.rand(1000)
+    again = evaluate(task, [PRESETS["kd"], genome])[1]
+    assert {k: v for k, v in asdict(again).items() if k != "seconds"} == \
+        {k: v for k, v in asdict(first).items() if k != "seconds"}

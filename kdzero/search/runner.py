@@ -8,6 +8,7 @@ of workers, in processes or on machines, may run ``run_worker`` on the same stud
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -322,8 +323,12 @@ def check_device_list(config: SearchConfig) -> list[str]:
     """One device per worker: ``devices`` cycled over ``workers``, or ``device`` for all."""
     devices = config.devices or [config.device]
     for device in devices:
-        if device != "cpu" and not device.startswith("cuda"):
+        if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
             raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+        index = torch.device(device).index
+        if index is not None and torch.cuda.is_available() and index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return [devices[i % len(devices)] for i in range(config.workers)]
 
 

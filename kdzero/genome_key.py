@@ -15,18 +15,22 @@ Rules, applied left to right to the transform chain at its current tensor rank:
 3. *Sign.* ``relu``, ``abs`` and ``leaky_relu`` are the identity on a tensor that is non-negative by construction
    (after ``exp``, ``sigmoid``, ``softmax_*``, ``pow2``, ...); an even op (``pow2``, ``pow4``) ignores an
    ``abs`` just before it.
-4. *Shifts.* ``logsoftmax_A`` returns its input plus a term constant along axis A; an op that ignores such a
+4. *Shifts.* ``logsoftmax_A`` returns its input plus a term constant along axis A (``local_s1``: minus the mean
+   over the positions, a term constant along them); an op that ignores such a
    shift (``softmax_A``, ``logsoftmax_A``, ``min_max_normalize`` along a whole sample, ``batchnorm`` along batch
    and positions, ``local_s*`` along positions) makes it redundant.
 5. *Positive scales.* ``norm_A`` multiplies by a positive factor constant along A, ``scale`` by one per sample;
    an L2 normalisation along a subset of those axes makes it redundant. Exact for every vector whose norm is
-   above the normalisation's clamp (1e-6), zero vectors included.
+   above the normalisation's clamp (1e-6), zero vectors included. The attention ops (``satt``, ``catt``,
+   ``natt``) are *not* positive scales in float: their softmax weights underflow to exactly 0 once the
+   attention logits differ by ~100 (after ``exp``, say), which zeroes whole samples or positions.
 6. *Reshapes.* ``batch`` (flatten a sample) commutes with the entry-wise functions (``exp``, ``relu``, ...), so
    it moves after them; just before ``mm`` (which flattens anyway) it is redundant.
 7. *The distance.* A trailing op is dropped when the distance cannot see it: ``batch`` before the entry-wise
    distances (l1, l2, smooth_l1) and ``correlation``; a per-row shift before ``kl``, ``hard`` and ``pearson``; a
    positive per-row factor before ``cosine`` and ``pearson``; a per-sample one before ``correlation``;
-   ``min_max_normalize`` (a per-sample affine map) before ``pearson``.
+   ``min_max_normalize`` (a per-sample affine map) before ``pearson``. ``cosine`` after ``local_s1`` (which
+   centres every row) is ``pearson``.
 8. *Temperature x magnitude.* The loss is ``m * T^2 * d(f(s)/T, f(t)/T)``. Where ``d`` is positively homogeneous
    of degree k (``l2``: 2, ``l1``: 1, ``cosine``/``pearson``/``correlation``: 0, scale-free up to their 1e-8
    clamp), this is ``m * T^(2-k) * d(f(s), f(t))``: the key writes the genome at ``T1`` with magnitude
@@ -70,7 +74,7 @@ BOUND_PRESERVING = frozenset({"relu", "abs", "leaky_relu", "mask", "channel", "b
 IDENTITY_ON_NONNEGATIVE = frozenset({"relu", "abs", "leaky_relu"})
 EVEN = frozenset({"pow2", "pow4"})
 # Rule 4: op(x) = x + c with c constant along these axes (axis names resolved per rank by ``_axes``).
-SHIFT_PRODUCERS = {"logsoftmax_C": "C", "logsoftmax_N": "N", "logsoftmax_HW": "HW"}
+SHIFT_PRODUCERS = {"logsoftmax_C": "C", "logsoftmax_N": "N", "logsoftmax_HW": "HW", "local_s1": "HW"}
 SHIFT_INVARIANT = {"softmax_C": "C", "softmax_N": "N", "softmax_HW": "HW", "logsoftmax_C": "C",
                    "logsoftmax_N": "N", "logsoftmax_HW": "HW", "min_max_normalize": "sample", "batchnorm": "NHW",
                    "local_s1": "HW", "local_s2": "HW", "local_s4": "HW"}
@@ -143,6 +147,19 @@ def _invisible_to_distance(name: str, rank: int, distance: str) -> bool:
     return name == "min_max_normalize" and distance == "pearson"
 
 
+def _ranks(input_name: str, transforms: Sequence[str]) -> list[tuple[str, int]]:
+    """Every op of the chain with the rank of its input."""
+    rank, found = INPUT_RANKS[input_name], []
+    for name in transforms:
+        found.append((name, rank))
+        rank = _output_rank(name, rank)
+    return found
+
+
+def _defined(name: str, rank: int) -> bool:
+    return rank in TRANSFORMS[name].ranks
+
+
 def _batch_last(transforms: Sequence[str]) -> list[str]:
     """The chain with empty slots removed and every ``batch`` moved after the entry-wise functions that follow it
     (rule 6): flattening and then applying a function entry by entry equals the reverse order."""
@@ -168,13 +185,16 @@ def _width(name: str, nonnegative: bool, before: float) -> float:
     return math.inf
 
 
-def canonical_chain(input_name: str, transforms: Sequence[str], distance: str) -> tuple[tuple[str, ...], float]:
-    """The transforms that matter, after rules 1-7 of the module docstring, and the width of an interval that
-    holds their output by construction (inf when none is known)."""
+def canonical_chain(input_name: str, transforms: Sequence[str], distance: str
+                    ) -> tuple[tuple[str, ...], str, float]:
+    """The transforms that matter and the distance, after rules 1-7 of the module docstring, and the width of an
+    interval that holds the chain's output by construction (inf when none is known)."""
     # Each kept op with the rank it is applied at, whether its output is non-negative by construction, and the
     # width of an interval that holds it.
     kept: list[tuple[str, int, bool, float]] = []
     rank = INPUT_RANKS[input_name]
+    if any(not _defined(name, rank) for name, rank in _ranks(input_name, transforms)):
+        return tuple(transforms), distance, math.inf  # invalid everywhere: keyed as written, never merged
     for name in _batch_last(transforms):
         nonnegative = kept[-1][2] if kept else False
         if rank in IDENTITY_AT_RANKS.get(name, ()) or (nonnegative and name in IDENTITY_ON_NONNEGATIVE):
@@ -189,7 +209,11 @@ def canonical_chain(input_name: str, transforms: Sequence[str], distance: str) -
         rank = _output_rank(name, rank)
     while kept and _invisible_to_distance(kept[-1][0], kept[-1][1], distance):
         kept.pop()
-    return tuple(entry[0] for entry in kept), kept[-1][3] if kept else math.inf
+    if distance == "cosine" and kept and kept[-1][0] == "local_s1":
+        distance = "pearson"  # cosine of rows centred by local_s1 is pearson, which centres them itself
+        while kept and _invisible_to_distance(kept[-1][0], kept[-1][1], distance):
+            kept.pop()
+    return tuple(entry[0] for entry in kept), distance, kept[-1][3] if kept else math.inf
 
 
 def canonical_key(input_name: str, transforms: Sequence[str], distance: str, weight: str, temperature: float,
@@ -197,7 +221,7 @@ def canonical_key(input_name: str, transforms: Sequence[str], distance: str, wei
     """The key string: the canonical chain, distance and weight, and the temperature and magnitude after rule 8.
     Numbers are written with 12 significant digits so that equal products in different orders (0.1 x 16 and
     1.6) meet."""
-    chain, width = canonical_chain(input_name, transforms, distance)
+    chain, distance, width = canonical_chain(input_name, transforms, distance)
     if distance == "smooth_l1" and temperature >= width:
         distance, magnitude = "l2", magnitude * 0.5
     if distance in HOMOGENEITY:

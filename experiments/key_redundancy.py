@@ -145,11 +145,21 @@ def in_sample(space_name: str, samples: int, seed: int, examples: int) -> None:
         print(f"    e.g. {cls[0][0]} == {cls[1][0]}")
 
 
+ATTENTION = frozenset({"satt", "catt", "natt"})
+
+
+def _differs_by_attention(genome: Genome, twin: Genome) -> bool:
+    """Whether ``twin`` is ``genome`` with one slot changed to or from an attention op."""
+    changed = [(a, b) for a, b in zip(genome.transforms, twin.transforms) if a != b]
+    same_rest = replace(genome, transforms=twin.transforms) == twin
+    return same_rest and len(changed) == 1 and bool(ATTENTION & set(changed[0]))
+
+
 def neighbourhood_probe(space_name: str, samples: int, seed: int, examples: int) -> None:
     space = {"full": FULL_SPACE, "shrunk": SHRUNK_SPACE}[space_name]
     rng = random.Random(seed)
     evaluator = Evaluator()
-    counted = constant = redundant = 0
+    counted = constant = redundant = attention_only = 0
     keys: set[str] = set()
     unsound: list[tuple[Genome, Genome]] = []
     shapes: Counter = Counter()
@@ -174,10 +184,14 @@ def neighbourhood_probe(space_name: str, samples: int, seed: int, examples: int)
         twins = [t for t in twins if t.key != genome.key]
         if twins:
             redundant += 1
+            attention_only += all(_differs_by_attention(genome, twin) for twin in twins)
             shapes[f"{genome} == {twins[0]}"] += 1
     print(f"{space_name}, neighbourhoods of {counted} genomes ({constant} constant ones skipped)")
     print(f"  genomes that share their loss with a one-gene or (T, m) neighbour under a "
           f"different key): {redundant}/{counted} = {redundant / max(counted, 1):.1%}")
+    print(f"  of which every such neighbour differs only by an attention op (satt/catt/natt: a positive weight "
+          f"in real arithmetic, but one that underflows to 0 in float, so the key keeps it): {attention_only}; "
+          f"without them {redundant - attention_only}/{counted} = {(redundant - attention_only) / max(counted, 1):.1%}")
     print(f"  unsound keys (same key, different loss) among the neighbours: {len(unsound)}")
     for first, second in unsound[:examples]:
         print(f"    UNSOUND {first} vs {second} (key {first.key})")

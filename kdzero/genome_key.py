@@ -9,9 +9,11 @@ Rules, applied left to right to the transform chain at its current tensor rank:
 
 1. *No-op slots.* ``no`` everywhere and ``batch`` on 2-D input are dropped.
 2. *Exact idempotents.* A repeat of ``relu``, ``abs``, ``batch``, ``channel``, ``local_s*`` or ``norm_*``
-   collapses (``norm_*`` clamps its divisor, so it is exact above the clamp as in rule 5). Ops with an additive epsilon
-   (``scale``, ``min_max_normalize``, ``batchnorm``) are not idempotent: the second pass divides by
-   ``sqrt(1 + eps/var)``-like factors that are far from 1 when the first pass saw a small spread.
+   collapses (``norm_*`` clamps its divisor, so it is exact above the clamp as in rule 5); so does ``local_sK``
+   right after ``local_sJ`` with K <= J (the finer grid's cells nest in the coarser one's, so every coarse cell
+   already has mean 0). Ops with an additive epsilon (``scale``, ``min_max_normalize``, ``batchnorm``) are not
+   idempotent: the second pass divides by ``sqrt(1 + eps/var)``-like factors that are far from 1 when the first
+   pass saw a small spread.
 3. *Sign.* ``relu``, ``abs`` and ``leaky_relu`` are the identity on a tensor that is non-negative by construction
    (after ``exp``, ``sigmoid``, ``softmax_*``, ``pow2``, ...); an even op (``pow2``, ``pow4``) ignores an
    ``abs`` just before it.
@@ -54,6 +56,7 @@ from kdzero.ops import INPUT_RANKS, TRANSFORMS
 
 # Rules 1 and 2, by name rather than from the registry's flags: a flag set by analogy on a new op cannot leak in.
 IDENTITY_AT_RANKS = {"no": frozenset({2, 3, 4}), "batch": frozenset({2})}
+LOCAL_GRID = {"local_s1": 1, "local_s2": 2, "local_s4": 4}
 IDEMPOTENT = frozenset({"relu", "abs", "batch", "channel", "local_s1", "local_s2", "local_s4", "norm_HW", "norm_C",
                         "norm_N"})
 # Rule 3: ops whose output is >= 0 for every input, and ops that keep a non-negative input non-negative.
@@ -198,6 +201,9 @@ def canonical_chain(input_name: str, transforms: Sequence[str], distance: str
     for name in _batch_last(transforms):
         nonnegative = kept[-1][2] if kept else False
         if rank in IDENTITY_AT_RANKS.get(name, ()) or (nonnegative and name in IDENTITY_ON_NONNEGATIVE):
+            continue
+        if kept and kept[-1][1] == rank and name in LOCAL_GRID and kept[-1][0] in LOCAL_GRID and \
+                LOCAL_GRID[name] <= LOCAL_GRID[kept[-1][0]]:
             continue
         while kept and _absorbs(kept[-1][0], kept[-1][1], name, rank):
             rank = kept.pop()[1]

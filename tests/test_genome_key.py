@@ -199,6 +199,7 @@ def test_smooth_l1_on_a_bounded_chain_is_half_of_l2_once_t_covers_the_bound():
     ("feat[scale,norm_C,no]|l2|no|T1|x1", "feat[norm_C,no,no]|l2|no|T1|x1"),
     ("feat[batch,tanh,mm]|l2|no|T1|x1", "feat[tanh,mm,no]|l2|no|T1|x1"),
     ("feat[relu,batch,no]|l2|no|T1|x1", "feat[relu,no,no]|l2|no|T1|x1"),
+    ("feat[local_s2,local_s1,local_s2]|l1|no|T1|x1", "feat[local_s2,no,no]|l1|no|T1|x1"),
     ("logit[no,no,logsoftmax_C]|kl|no|T4|x1", "logit[no,no,no]|kl|no|T4|x1"),
     ("feat[pow2,no,logsoftmax_HW]|hard|no|T4|x1", "feat[pow2,no,no]|hard|no|T4|x1"),
     ("feat[pow2,no,norm_HW]|cosine|no|T1|x1", "feat[pow2,no,no]|cosine|no|T1|x1"),
@@ -220,6 +221,7 @@ def test_each_rule_merges_equal_losses(longer, shorter):
     ("feat[relu,no,no]|l2|no|T1|x1", "feat[leaky_relu,no,no]|l2|no|T1|x1"),
     ("feat[local_s2,softmax_HW,no]|l1|no|T1|x1", "feat[softmax_HW,no,no]|l1|no|T1|x1"),
     ("feat[batch,no,no]|cosine|no|T1|x1", "feat[no,no,no]|cosine|no|T1|x1"),
+    ("feat[local_s1,local_s2,no]|l1|no|T1|x1", "feat[local_s1,no,no]|l1|no|T1|x1"),
     ("feat[exp,natt,no]|correlation|no|T1|x1", "feat[exp,no,no]|correlation|no|T1|x1"),
     ("feat[exp,satt,norm_C]|l2|no|T1|x1", "feat[exp,norm_C,no]|l2|no|T1|x1"),
 ])

@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from kdzero.errors import GenomeError, suggest
+from kdzero.genome_key import canonical_key
 from kdzero.ops import DISTANCES, INPUT_RANKS, INPUTS, MAGNITUDES, TEMPERATURES, TRANSFORMS, WEIGHTS
 
 GRAMMAR = "INPUT[T1,T2,T3]|DISTANCE|WEIGHT|T<temperature>|x<magnitude>"
@@ -32,15 +35,62 @@ NUM_SLOTS = 3
 GENES: tuple[str, ...] = ("input", "transform1", "transform2", "transform3", "distance", "weight",
                           "temperature", "magnitude")
 _PROBE_BATCH = 8  # stand-in batch size for shape propagation; any value >= 2 gives the same verdicts
-# Distances for which the loss (after the x T^2 factor) does not depend on the temperature at all.
-TEMPERATURE_FREE_DISTANCES = frozenset({"l2"})
+# Any positive temperature and magnitude is a valid gene; the bounds keep magnitude x T^2 and the division by T
+# far from float32 overflow and underflow while covering every published setting (PKT's weight 3e4, CRD's T 0.07).
+TEMPERATURE_RANGE = (0.01, 1000.0)
+MAGNITUDE_RANGE = (1e-6, 1e6)
+# The number grammar of the text form: ASCII digits only, no sign, no '_', no 'inf' or 'nan'.
+_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
-def _format_magnitude(value: float) -> str:
-    return f"{value:g}"
+def format_number(value: float) -> str:
+    """The canonical text of a temperature or magnitude: an integer without a decimal point when the value is
+    one (below 1e16), otherwise Python's shortest round-tripping repr without its exponent '+' (2.5, 0.01, 1e-05).
+    Grid values print as before (4, 100, 0.1), so texts and study parameters written earlier still match."""
+    value = float(value)
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value).replace("e+", "e")
 
 
-def _clip(token: str, limit: int = 40) -> str:
+def number_value(value: object, field_name: str) -> float:
+    """A temperature or magnitude checked and normalised: a real number (not a bool, not text), finite, positive
+    and inside its documented range; integral temperatures stay ints so that T4 stays ``4``."""
+    low, high = TEMPERATURE_RANGE if field_name == "temperature" else MAGNITUDE_RANGE
+    example = "T4, T2.5" if field_name == "temperature" else "x1, x9, x0.25"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenomeError(f"bad {field_name} {_clip(value)} in field {field_name!r}; it must be a number from "
+                          f"{format_number(low)} to {format_number(high)}, e.g. {example}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not (low <= number <= high):  # also refuses nan
+        shown = format_number(number) if math.isfinite(number) else _clip(value)
+        raise GenomeError(f"bad {field_name} {shown} in field {field_name!r}; it must be positive, finite and "
+                          f"from {format_number(low)} to {format_number(high)}, e.g. {example}")
+    if field_name == "temperature" and number.is_integer():
+        return int(number)
+    return number
+
+
+def parse_number(token: str, prefix: str, field_name: str) -> float:
+    """Read ``T<number>`` or ``x<number>`` strictly (see ``_NUMBER``); the error names the token and an example."""
+    example = f"{prefix}4, {prefix}2.5" if prefix == "T" else f"{prefix}1, {prefix}9, {prefix}0.25"
+    body = token[1:] if token[:1] == prefix else None
+    if body is None or _NUMBER.fullmatch(body) is None:
+        raise GenomeError(f"bad {field_name} {_clip(token)}; write {prefix} and a positive number in ASCII digits, "
+                          f"e.g. {example}")
+    return number_value(float(body), field_name)
+
+
+def _text(value: object) -> str:
+    """A bounded text of any value read from JSON (reprlib caps the depth and length of nested lists)."""
+    return value if isinstance(value, str) else reprlib.repr(value)
+
+
+def _clip(token: object, limit: int = 40) -> str:
+    token = _text(token)
     return repr(token if len(token) <= limit else token[:limit] + "...")
 
 
@@ -52,7 +102,7 @@ class SearchSpace:
     slots: tuple[tuple[str, ...], ...] = (TRANSFORMS.names(),) * NUM_SLOTS
     distances: tuple[str, ...] = DISTANCES.names()
     weights: tuple[str, ...] = WEIGHTS.names()
-    temperatures: tuple[int, ...] = TEMPERATURES
+    temperatures: tuple[float, ...] = TEMPERATURES
     magnitudes: tuple[float, ...] = MAGNITUDES
 
     def choices(self, gene: str) -> tuple:
@@ -112,43 +162,43 @@ class Genome:
     transforms: tuple[str, str, str]
     distance: str
     weight: str = "no"
-    temperature: int = 1
+    temperature: float = 1
     magnitude: float = 1.0
     _key: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.input not in INPUTS:
-            raise GenomeError(f"unknown input {_clip(str(self.input))} in field 'input'; {suggest(self.input, INPUTS)}")
-        transforms = tuple(self.transforms) if not isinstance(self.transforms, str) else (self.transforms,)
+        if not isinstance(self.input, str) or self.input not in INPUTS:
+            raise GenomeError(f"unknown input {_clip(self.input)} in field 'input'; "
+                              f"{suggest(_text(self.input), INPUTS)}")
+        if isinstance(self.transforms, str):
+            transforms: tuple = (self.transforms,)
+        elif isinstance(self.transforms, (list, tuple)):
+            transforms = tuple(self.transforms)
+        else:
+            raise GenomeError(f"transforms must be a list of {NUM_SLOTS} transform names, got {_clip(self.transforms)}")
         if len(transforms) != NUM_SLOTS:
             raise GenomeError(f"a genome has exactly {NUM_SLOTS} transforms (use 'no' for an empty slot), "
-                              f"got {len(transforms)}: {','.join(map(str, transforms))}")
+                              f"got {len(transforms)}: {_clip(','.join(map(_text, transforms)))}")
         for slot, name in enumerate(transforms, start=1):
             if name not in TRANSFORMS:
-                raise GenomeError(f"unknown transform {_clip(str(name))} in field 'transform{slot}'; "
-                                  f"{suggest(str(name), TRANSFORMS)}")
+                raise GenomeError(f"unknown transform {_clip(name)} in field 'transform{slot}'; "
+                                  f"{suggest(_text(name), TRANSFORMS)}")
         object.__setattr__(self, "transforms", transforms)
         if self.distance not in DISTANCES:
-            raise GenomeError(f"unknown distance {_clip(str(self.distance))} in field 'distance'; "
-                              f"{suggest(str(self.distance), DISTANCES)}")
+            raise GenomeError(f"unknown distance {_clip(self.distance)} in field 'distance'; "
+                              f"{suggest(_text(self.distance), DISTANCES)}")
         if self.weight not in WEIGHTS:
-            raise GenomeError(f"unknown weight {_clip(str(self.weight))} in field 'weight'; "
-                              f"{suggest(str(self.weight), WEIGHTS)}")
-        if isinstance(self.temperature, bool) or self.temperature not in TEMPERATURES:
-            raise GenomeError(f"bad temperature {self.temperature!r} in field 'temperature'; choose one of "
-                              f"{', '.join(f'T{t}' for t in TEMPERATURES)}")
-        object.__setattr__(self, "temperature", int(self.temperature))
-        if isinstance(self.magnitude, bool) or not isinstance(self.magnitude, (int, float)) or \
-                self.magnitude not in MAGNITUDES:
-            raise GenomeError(f"bad magnitude {self.magnitude!r} in field 'magnitude'; choose one of "
-                              f"{', '.join('x' + _format_magnitude(m) for m in MAGNITUDES)}")
-        object.__setattr__(self, "magnitude", float(self.magnitude))
-        object.__setattr__(self, "_key", _canonical_key(self))
+            raise GenomeError(f"unknown weight {_clip(self.weight)} in field 'weight'; "
+                              f"{suggest(_text(self.weight), WEIGHTS)}")
+        object.__setattr__(self, "temperature", number_value(self.temperature, "temperature"))
+        object.__setattr__(self, "magnitude", float(number_value(self.magnitude, "magnitude")))
+        object.__setattr__(self, "_key", canonical_key(self.input, transforms, self.distance, self.weight,
+                                                       self.temperature, self.magnitude))
 
     # ------------------------------------------------------------------------------------------ text form
     def __str__(self) -> str:
         return (f"{self.input}[{','.join(self.transforms)}]|{self.distance}|{self.weight}|"
-                f"T{self.temperature}|x{_format_magnitude(self.magnitude)}")
+                f"T{format_number(self.temperature)}|x{format_number(self.magnitude)}")
 
     @classmethod
     def parse(cls, text: str) -> Genome:
@@ -168,12 +218,9 @@ class Genome:
                               f"e.g. logit[no,no,no]")
         input_name, slot_text = head[:-1].split("[")
         transforms = tuple(slot_text.split(",")) if slot_text else ()
-        temperature = _parse_number(temp_token, "T", "temperature", [f"T{t}" for t in TEMPERATURES])
-        magnitude = _parse_number(mag_token, "x", "magnitude", ["x" + _format_magnitude(m) for m in MAGNITUDES])
-        if temperature != int(temperature):
-            raise GenomeError(f"bad temperature {_clip(temp_token)}; choose one of "
-                              f"{', '.join(f'T{t}' for t in TEMPERATURES)}")
-        return cls(input_name, transforms, distance, weight, int(temperature), magnitude)
+        temperature = parse_number(temp_token, "T", "temperature")
+        magnitude = parse_number(mag_token, "x", "magnitude")
+        return cls(input_name, transforms, distance, weight, temperature, magnitude)
 
     def to_dict(self) -> dict:
         """Plain-data form (the JSON object)."""
@@ -192,7 +239,7 @@ class Genome:
         expected = ("input", "transforms", "distance", "weight", "temperature", "magnitude")
         unknown = [k for k in data if k not in expected]
         if unknown:
-            raise GenomeError(f"unknown genome key {_clip(str(unknown[0]))}; {suggest(str(unknown[0]), expected)}")
+            raise GenomeError(f"unknown genome key {_clip(unknown[0])}; {suggest(_text(unknown[0]), expected)}")
         missing = [k for k in expected if k not in data]
         if missing:
             raise GenomeError(f"genome JSON lacks {', '.join(missing)}")
@@ -204,18 +251,22 @@ class Genome:
     @classmethod
     def from_json(cls, text: str) -> Genome:
         """Inverse of ``to_json``."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise GenomeError(f"a genome JSON must be text, got {type(text).__name__}")
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise GenomeError(f"genome JSON is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise GenomeError("genome JSON is nested too deeply; a genome is one flat object") from None
+        except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer with too many digits
+            raise GenomeError(f"genome JSON is not valid JSON: {_clip(str(exc), 120)}") from None
         return cls.from_dict(data)
 
     # ----------------------------------------------------------------------------------------- identity
     @property
     def key(self) -> str:
-        """Canonical key: equal for genomes that compute the same loss (no-op slots anywhere, a repeated
-        idempotent op, a reshape that does nothing at its rank, the temperature of an l2 genome, where T^2 cancels
-        the division). The search never pays twice for one key."""
+        """Canonical key: equal for genomes that compute the same loss (no-op slots anywhere, exact idempotents,
+        redundant signs, shifts and scales, what the distance cannot see, temperature x magnitude pairs of
+        homogeneous distances; ``kdzero.genome_key`` lists the rules). The search never pays twice for one key."""
         return self._key
 
     def gene(self, name: str):
@@ -318,17 +369,6 @@ class Genome:
         return child
 
 
-def _parse_number(token: str, prefix: str, field_name: str, valid: list[str]) -> float:
-    body = token[len(prefix):] if token[:1].lower() == prefix.lower() else token
-    try:
-        value = float(body)
-    except ValueError:
-        raise GenomeError(f"bad {field_name} {_clip(token)}; choose one of {', '.join(valid)}") from None
-    if not math.isfinite(value):
-        raise GenomeError(f"bad {field_name} {_clip(token)}; choose one of {', '.join(valid)}")
-    return value
-
-
 def aligned_shape(input_name: str, student_shapes: Mapping[str, Sequence[int]],
                   teacher_shapes: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
     """Per-sample shape both sides share after the loss's alignment step: teacher channels (the student gets a
@@ -346,25 +386,6 @@ def aligned_shape(input_name: str, student_shapes: Mapping[str, Sequence[int]],
     if input_name == "feat":
         return (teacher[0], min(student[1], teacher[1]), min(student[2], teacher[2]))
     return teacher
-
-
-def _canonical_key(genome: Genome) -> str:
-    rank = INPUT_RANKS[genome.input]
-    effective: list[str] = []
-    for name in genome.transforms:
-        op = TRANSFORMS[name]
-        if rank in op.identity_ranks:
-            continue
-        if effective and effective[-1] == name and op.idempotent:
-            continue
-        effective.append(name)
-        if rank in op.ranks:
-            probe = (2, 3) if rank == 2 else (2, 3) + (5,) * (rank - 2)
-            rank = len(op.output_shape(probe))
-    # l2 is homogeneous of degree 2: T^2 * mean((s/T - t/T)^2) = mean((s - t)^2), so the temperature cancels.
-    temperature = 1 if genome.distance in TEMPERATURE_FREE_DISTANCES else genome.temperature
-    return (f"{genome.input}[{','.join(effective)}]|{genome.distance}|{genome.weight}|T{temperature}|"
-            f"x{_format_magnitude(genome.magnitude)}")
 
 
 GENOME_FIELDS = tuple(f.name for f in fields(Genome) if not f.name.startswith("_"))

@@ -236,8 +236,9 @@ def test_genome_check_refuses_near_misses_in_one_line(capsys, text):
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ("logit[no,no,no]|kl|no|T3|x1", ("temperature 3", "T4")),
-    ("logit[no,no,no]|kl|no|T4|x2", ("magnitude 2", "x1")),
+    ("logit[no,no,no]|kl|no|T0|x1", ("temperature 0", "T4")),
+    ("logit[no,no,no]|kl|no|T+4|x1", ("temperature 'T+4'", "T4")),
+    ("logit[no,no,no]|kl|no|T4|x-2", ("magnitude 'x-2'", "x1")),
     ("logit[no,no,no]|kll|no|T4|x1", ("kll", "kl")),
     ("logit[no,no,nope]|kl|no|T4|x1", ("nope",)),
     ("logits[no,no,no]|kl|no|T4|x1", ("logits", "logit")),
@@ -253,14 +254,14 @@ def test_genome_errors_name_the_bad_token_and_the_right_ones(capsys, text, fragm
     cli_error(capsys, ["genome", "check", "--", text], *fragments)
 
 
-@pytest.mark.parametrize("text", ["logit[no,no,no]|kl|no|T3|x1", "feat[no,no,no]|l3|no|T1|x100", "garbage", "|"])
+@pytest.mark.parametrize("text", ["logit[no,no,no]|kl|no|T0|x1", "feat[no,no,no]|l3|no|T1|x100", "garbage", "|"])
 def test_export_refuses_a_bad_genome_in_one_line(capsys, tmp_path, text):
     out = tmp_path / "distiller.py"
     cli_error(capsys, ["export", "--genome", text, "-o", out])
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text", ["logit[no,no,no]|kl|no|T3|x1", "feat[bogus,no,no]|l2|no|T1|x100", "x|y"])
+@pytest.mark.parametrize("text", ["logit[no,no,no]|kl|no|T0|x1", "feat[bogus,no,no]|l2|no|T1|x100", "x|y"])
 def test_replay_refuses_a_bad_genome_before_training(capsys, tmp_path, files, text):
     cli_error(capsys, ["replay", "--genome", text, "--teacher", "resnet8", "--teacher-ckpt", files["resnet8"],
                        "--epochs", "1", "--out", tmp_path / "out"])
@@ -519,7 +520,7 @@ def test_unknown_method_and_bad_replay_options_are_refused(capsys, tmp_path, fil
 
 
 @pytest.mark.parametrize("genome, extra, fragments", [
-    ("logit[no,no,no]|kl|no|T3|x1", [], ("temperature", "T4")),
+    ("logit[no,no,no]|kl|no|T0|x1", [], ("temperature", "T4")),
     ("logit[no,no,no]|kl|no|T4|x1", ["--teacher-ckpt", "vgg8"], ("vgg8.pt", "another architecture")),
     ("logit[no,no,no]|kl|no|T4|x1", ["--teacher-ckpt", "resnet20_c100"], ("100 classes", "has 10")),
     ("logit[no,no,no]|kl|no|T4|x1", ["--dataset", "digit"], ("digit", "digits")),

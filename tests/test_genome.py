@@ -105,20 +105,49 @@ def test_wrong_number_of_transforms_is_rejected(slots):
     assert "exactly 3 transforms" in message
 
 
-@pytest.mark.parametrize("token", ["T3", "T0", "T-4", "T2.5", "Tfoo", "Tnan", "Tinf", "T1e9", "T", "Tx", "T44"])
-def test_bad_temperature_lists_the_valid_temperatures(token):
+@pytest.mark.parametrize("token", ["T0", "T-4", "T+4", "T0.0", "T1e-9", "Tfoo", "Tnan", "Tinf", "T1e9", "T1e400",
+                                   "T", "Tx", "t4", "4", "T4_0", "T\u0664", "T\uff14", "T4\u00b2", "T 4e", "T0x10"])
+def test_bad_temperature_says_what_a_temperature_is(token):
     message = _one_line_genome_error(f"logit[no,no,no]|kl|no|{token}|x1")
-    assert "temperature" in message
-    for valid in ("T1", "T4", "T8", "T16"):
-        assert valid in message
+    assert "temperature" in message and "T4" in message
 
 
-@pytest.mark.parametrize("token", ["x3", "x0", "x-1", "x1000", "xabc", "xnan", "x", "x1O"])
-def test_bad_magnitude_lists_the_valid_magnitudes(token):
+@pytest.mark.parametrize("token", ["x0", "x-1", "x+1", "x1e7", "x1e-400", "xabc", "xnan", "x", "x1O", "X1",
+                                   "x\u0661", "x1,5"])
+def test_bad_magnitude_says_what_a_magnitude_is(token):
     message = _one_line_genome_error(f"logit[no,no,no]|kl|no|T4|{token}")
-    assert "magnitude" in message
-    for valid in ("x100", "x50", "x25", "x10", "x5", "x1", "x0.1", "x0.01"):
-        assert valid in message
+    assert "magnitude" in message and "x1" in message
+
+
+@pytest.mark.parametrize("text, canonical", [
+    ("logit[no,no,no]|kl|no|T3|x9", "logit[no,no,no]|kl|no|T3|x9"),
+    ("logit[no,no,no]|kl|no|T2.5|x0.25", "logit[no,no,no]|kl|no|T2.5|x0.25"),
+    ("logit[no,no,no]|kl|no|T4.0|x1.000", "logit[no,no,no]|kl|no|T4|x1"),
+    ("logit[no,no,no]|kl|no|T.5|x1e-3", "logit[no,no,no]|kl|no|T0.5|x0.001"),
+    ("logit[no,no,no]|kl|no|T1E1|x1e-06", "logit[no,no,no]|kl|no|T10|x1e-06"),
+    ("logit[no,no,no]|kl|no|T0.07|x30000", "logit[no,no,no]|kl|no|T0.07|x30000"),
+    ("logit[no,no,no]|kl|no|T3.14159265358979|x0.1", "logit[no,no,no]|kl|no|T3.14159265358979|x0.1"),
+])
+def test_any_positive_temperature_and_magnitude_has_one_canonical_text(text, canonical):
+    genome = Genome.parse(text)
+    assert str(genome) == canonical and Genome.parse(canonical) == genome
+    assert Genome.from_json(genome.to_json()) == genome
+
+
+def test_off_grid_numbers_round_trip_exactly():
+    rng = random.Random(5)
+    for _ in range(2000):
+        genome = Genome("logit", ("no", "no", "no"), "kl", "no", 10 ** rng.uniform(-2, 3), 10 ** rng.uniform(-6, 6))
+        assert Genome.parse(str(genome)) == genome and str(Genome.parse(str(genome))) == str(genome)
+
+
+@pytest.mark.parametrize("field, value", [("temperature", 0), ("temperature", -4), ("temperature", float("nan")),
+                                          ("temperature", float("inf")), ("magnitude", 0.0), ("magnitude", -1),
+                                          ("magnitude", float("nan")), ("temperature", "4"), ("magnitude", None),
+                                          ("temperature", True)])
+def test_constructor_refuses_non_positive_or_non_numeric_numbers(field, value):
+    with pytest.raises(GenomeError, match=field):
+        Genome("logit", ("no", "no", "no"), "kl", **{field: value})
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t", "feat", "feat[no,no,no]", "feat[no,no,no]|l2|no|T1",

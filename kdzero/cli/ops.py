@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(op.name, op.kind, ranks, op.formula, op.doc)
     console.print(table)
     if not args.kind:
-        console.print(f"inputs: {', '.join(INPUTS)}   temperatures: {', '.join(f'T{t}' for t in TEMPERATURES)}   "
-                      f"magnitudes: {', '.join(f'x{m:g}' for m in MAGNITUDES)}")
+        console.print(f"inputs: {', '.join(INPUTS)}   search grid: temperatures "
+                      f"{', '.join(f'T{t}' for t in TEMPERATURES)}, magnitudes "
+                      f"{', '.join(f'x{m:g}' for m in MAGNITUDES)} (a genome text takes any positive value)")
         console.print(f"{len(TRANSFORMS)} transforms, {len(DISTANCES)} distances, {len(WEIGHTS)} weightings. "
                       "Genome text: INPUT[T1,T2,T3]|DISTANCE|WEIGHT|T<temperature>|x<magnitude>")
     return 0

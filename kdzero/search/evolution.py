@@ -35,6 +35,7 @@ As an Optuna sampler it keeps Optuna's contract (``optuna.testing.pytest_sampler
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -64,16 +65,19 @@ def trial_genome(trial: FrozenTrial) -> Genome | None:
 
 
 def trial_key(trial: FrozenTrial) -> str | None:
-    """The canonical key of a trial's genome (from its user attrs, or recomputed from its parameters)."""
-    key = trial.user_attrs.get("key")
-    if key:
-        return key
+    """The canonical key of a trial's genome, recomputed from its parameters so that a study written under an
+    older key (whose rules have since been corrected) deduplicates by today's rules; the stored user attr only
+    stands in for a trial without readable parameters."""
     params = trial.params or trial.system_attrs.get("fixed_params")
-    if not params:
-        return None
+    key = _params_key(tuple(sorted(params.items()))) if params else None
+    return key or trial.user_attrs.get("key")
+
+
+@functools.lru_cache(maxsize=65536)
+def _params_key(items: tuple) -> str | None:
     try:
-        return genome_from_params(params).key
-    except Exception:
+        return genome_from_params(dict(items)).key
+    except Exception:  # a foreign or half-written trial
         return None
 
 

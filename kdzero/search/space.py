@@ -1,8 +1,10 @@
 """The genome as Optuna parameters: one flat, string-valued categorical per gene, with fixed choices per study.
 
 String values keep every storage backend and optuna-dashboard happy and make the study readable on its own:
-``temperature`` is "4", ``magnitude`` "0.1". The choices come from a ``SearchSpace`` fixed when the study is
-created (the full space, the static shrunk space, or a small named space such as the KD grid).
+``temperature`` is "4", ``magnitude`` "0.1", written as in the genome text (``format_number``), so a study
+created before off-grid values existed ("4", "0.01", ...) has exactly the same choices today. The choices come
+from a ``SearchSpace`` fixed when the study is created (the full space, the static shrunk space, or a small
+named space such as the KD grid).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 from optuna.distributions import CategoricalDistribution
 
 from kdzero.errors import ConfigError, suggest
-from kdzero.genome import FULL_SPACE, GENES, SHRUNK_SPACE, Genome, SearchSpace
+from kdzero.genome import FULL_SPACE, GENES, SHRUNK_SPACE, Genome, SearchSpace, format_number, parse_number
 
 # Hinton KD's grid over temperature x weight: the seed framework's ready-made grid search.
 KD_GRID_SPACE = SearchSpace(inputs=("logit",), slots=(("no",), ("no",), ("no",)), distances=("kl",),
@@ -27,8 +29,16 @@ def named_space(name: str) -> SearchSpace:
 
 
 def encode(value) -> str:
-    """A gene value as its parameter string."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A gene value as its parameter string (numbers in the genome text's canonical form)."""
+    return format_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _temperature(text: str) -> float:
+    return parse_number("T" + str(text), "T", "temperature")
+
+
+def _magnitude(text: str) -> float:
+    return float(parse_number("x" + str(text), "x", "magnitude"))
 
 
 def distributions(space: SearchSpace) -> dict[str, CategoricalDistribution]:
@@ -47,8 +57,8 @@ def genome_from_params(params: Mapping[str, str]) -> Genome:
     if missing:
         raise ConfigError(f"trial parameters lack {', '.join(missing)}; is this a kdzero study?")
     return Genome(params["input"], (params["transform1"], params["transform2"], params["transform3"]),
-                  params["distance"], params["weight"], int(float(params["temperature"])),
-                  float(params["magnitude"]))
+                  params["distance"], params["weight"], _temperature(params["temperature"]),
+                  _magnitude(params["magnitude"]))
 
 
 def suggest_genome(trial) -> Genome:
@@ -72,6 +82,6 @@ def space_from_choices(choices: Mapping[str, list[str]]) -> SearchSpace:
         slots=tuple(tuple(choices[f"transform{i}"]) for i in (1, 2, 3)),
         distances=tuple(choices["distance"]),
         weights=tuple(choices["weight"]),
-        temperatures=tuple(int(float(v)) for v in choices["temperature"]),
-        magnitudes=tuple(float(v) for v in choices["magnitude"]),
+        temperatures=tuple(_temperature(v) for v in choices["temperature"]),
+        magnitudes=tuple(_magnitude(v) for v in choices["magnitude"]),
     )

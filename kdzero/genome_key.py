@@ -29,12 +29,12 @@ Rules, applied left to right to the transform chain at its current tensor rank:
 6. *Reshapes.* ``batch`` (flatten a sample) commutes with the entry-wise functions (``exp``, ``relu``, ...), so
    it moves after them; just before ``mm`` (which flattens anyway) it is redundant.
 7. *The distance.* A trailing op is dropped when the distance cannot see it: ``batch`` before the entry-wise
-   distances (l1, l2, smooth_l1) and ``correlation``; a per-row shift before ``kl``, ``hard`` and ``pearson``; a
-   positive per-row factor before ``cosine`` and ``pearson``; a per-sample one before ``correlation``;
+   distances (l1, l2, smooth_l1) and ``batch_congruence``; a per-row shift before ``kl``, ``hard`` and ``pearson``; a
+   positive per-row factor before ``cosine`` and ``pearson``; a per-sample one before ``batch_congruence``;
    ``min_max_normalize`` (a per-sample affine map) before ``pearson``. ``cosine`` after ``local_s1`` (which
    centres every row) is ``pearson``.
 8. *Temperature x magnitude.* The loss is ``m * T^2 * d(f(s)/T, f(t)/T)``. Where ``d`` is positively homogeneous
-   of degree k (``l2``: 2, ``l1``: 1, ``cosine``/``pearson``/``correlation``: 0, scale-free up to their 1e-8
+   of degree k (``l2``: 2, ``l1``: 1, ``cosine``/``pearson``/``batch_congruence``: 0, scale-free up to their 1e-8
    clamp), this is ``m * T^(2-k) * d(f(s), f(t))``: the key writes the genome at ``T1`` with magnitude
    ``m * T^(2-k)``. ``kl``, ``hard`` and ``smooth_l1`` are not homogeneous, so T and m stay as they are, except
    in one case: ``smooth_l1`` (Huber, beta 1) is ``0.5 * l2`` wherever ``|s - t| <= 1``. That holds for every
@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from kdzero.ops import INPUT_RANKS, TRANSFORMS
+from kdzero.ops import DISTANCES, INPUT_RANKS, TRANSFORMS
 
 # Rules 1 and 2, by name rather than from the registry's flags: a flag set by analogy on a new op cannot leak in.
 IDENTITY_AT_RANKS = {"no": frozenset({2, 3, 4}), "batch": frozenset({2})}
@@ -91,7 +91,7 @@ ENTRYWISE = frozenset({"l1", "l2", "smooth_l1"})
 ROW_SHIFT_FREE = frozenset({"kl", "hard", "pearson"})
 ROW_SCALE_FREE = frozenset({"cosine", "pearson"})
 # Rule 8: degree k of positive homogeneity, d(a s, a t) = a^k d(s, t) for a > 0.
-HOMOGENEITY = {"l2": 2, "l1": 1, "cosine": 0, "pearson": 0, "correlation": 0}
+HOMOGENEITY = {"l2": 2, "l1": 1, "cosine": 0, "pearson": 0, "batch_congruence": 0}
 
 
 def _axes(name: str, rank: int) -> frozenset[int]:
@@ -139,13 +139,13 @@ def _absorbs(previous: str, previous_rank: int, name: str, rank: int) -> bool:
 def _invisible_to_distance(name: str, rank: int, distance: str) -> bool:
     """Whether a trailing ``name`` (applied at ``rank``) cannot change ``distance``'s value."""
     if name == "batch":
-        return distance in ENTRYWISE or distance == "correlation"
+        return distance in ENTRYWISE or distance == "batch_congruence"
     rows = _row_axes(rank)
     if name in SHIFT_PRODUCERS and distance in ROW_SHIFT_FREE:
         return _covers(_axes(SHIFT_PRODUCERS[name], rank), rows)
     if name in SCALE_PRODUCERS and distance in ROW_SCALE_FREE:
         return _covers(_axes(SCALE_PRODUCERS[name], rank), rows)
-    if name in SCALE_PRODUCERS and distance == "correlation":
+    if name in SCALE_PRODUCERS and distance == "batch_congruence":
         return _covers(_axes(SCALE_PRODUCERS[name], rank), _axes("sample", rank))
     return name == "min_max_normalize" and distance == "pearson"
 
@@ -191,7 +191,9 @@ def _width(name: str, nonnegative: bool, before: float) -> float:
 def canonical_chain(input_name: str, transforms: Sequence[str], distance: str
                     ) -> tuple[tuple[str, ...], str, float]:
     """The transforms that matter and the distance, after rules 1-7 of the module docstring, and the width of an
-    interval that holds the chain's output by construction (inf when none is known)."""
+    interval that holds the chain's output by construction (inf when none is known). A distance's former name
+    (``correlation``) is keyed as its current one (``batch_congruence``): the same loss."""
+    distance = DISTANCES.canonical(distance)
     # Each kept op with the rank it is applied at, whether its output is non-negative by construction, and the
     # width of an interval that holds it.
     kept: list[tuple[str, int, bool, float]] = []

@@ -151,7 +151,6 @@ def test_dkd_ls_is_dkd_on_standardised_logits() -> None:
 # ------------------------------------------------------------------------------------------ the genome
 
 
-@pytest.mark.xfail(strict=True, reason="needs free temperature/magnitude from the key branch")
 def test_kd_ls_genome_and_ls_method_give_the_same_loss() -> None:
     genome = Genome.parse("logit[zscore_C,no,no]|kl|no|T2|x9")
     s, t = random_logits(5).float(), random_logits(6).float()
@@ -163,6 +162,5 @@ def test_kd_ls_genome_and_ls_method_give_the_same_loss() -> None:
     assert math.isclose(expected.item(), ls_reference(s.double().numpy(), t.double().numpy()), rel_tol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="needs free temperature/magnitude from the key branch")
 def test_kd_ls_preset_is_the_kd_ls_genome() -> None:
     assert str(PRESETS["kd_ls"]) == KD_LS_TEXT == "logit[zscore_C,no,no]|kl|no|T2|x9"

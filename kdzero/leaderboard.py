@@ -238,7 +238,8 @@ class LeaderboardTable:
         by_header = {c.header: c for c in self.columns}
         if "reason" not in by_header:
             return []
-        reasons, genomes, trials = by_header["reason"].cells, by_header[self.name_column].cells, by_header["trial"].cells
+        reasons, trials = by_header["reason"].cells, by_header["trial"].cells
+        genomes = by_header[self.name_column].cells
         return [f"{genomes[i]} (trial {trials[i]}): {reasons[i]}" for i in range(len(reasons)) if reasons[i]]
 
     def table(self, kept: list[_Column], width: int) -> Table:

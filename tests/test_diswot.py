@@ -161,7 +161,8 @@ def test_a_budget_is_a_count_or_a_fraction_of_the_teacher():
         with pytest.raises(ConfigError, match=r"fraction of the teacher like 0\.5x, got"):
             parse_limit(bad, 1000)
     budget = Budget(params=136_237, flops=1_266_000)
-    assert budget.relative_to(Cost(272_474, 2_532_000)) == "params <= 136.2k (0.50x teacher), FLOPs <= 1.27M (0.50x teacher)"
+    assert budget.relative_to(Cost(272_474, 2_532_000)) == \
+        "params <= 136.2k (0.50x teacher), FLOPs <= 1.27M (0.50x teacher)"
 
 
 def test_mutation_copies_the_parent_and_changes_exactly_one_gene():

@@ -185,7 +185,11 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != FIELDS:
+            raise SystemExit(f"{path} holds other columns ({', '.join(reader.fieldnames or ())}): another version's "
+                             "results; move it away or pass another --out")
+        rows = list(reader)
     for row in rows:
         for key in FIELDS[1:]:
             row[key] = float(row[key]) if key not in ("seed", "params", "flops") else int(row[key])

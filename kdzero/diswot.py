@@ -294,6 +294,27 @@ def parse_count(text: str | float | int, what: str = "count") -> int:
     return round(float(match[1]) * _SUFFIXES[match[2]])
 
 
+DEFAULT_BUDGET_RATIO = 0.5
+"""A student is bounded by this fraction of its teacher's parameters AND FLOPs unless the user says otherwise:
+a student worth distilling into is at least twice smaller and twice cheaper than its teacher."""
+
+
+def parse_limit(text: str | float | int, reference: int, what: str = "budget") -> int:
+    """An upper bound: ``0.3M``/``40M``/``250k`` absolute, or ``0.5x`` as a fraction of ``reference`` (the
+    teacher's own count); ConfigError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*x\s*", str(text).lower())
+    if match:
+        ratio = float(match[1])
+        if ratio <= 0:
+            raise ConfigError(f"{what} must be a positive fraction of the teacher like 0.5x, got {text!r}")
+        return max(1, math.floor(ratio * reference))
+    try:
+        return parse_count(text, what)
+    except ConfigError:
+        raise ConfigError(f"{what} must be a count like 0.3M, 40M or 250k, or a fraction of the teacher like "
+                          f"0.5x, got {text!r}") from None
+
+
 def format_count(value: int) -> str:
     """300000 -> ``0.30M``, 40800000 -> ``40.80M``, 2500 -> ``2.5k``."""
     if value >= 10**6:
@@ -316,6 +337,13 @@ class Budget:
         parts = [f"params <= {format_count(self.params)}" if self.params is not None else "",
                  f"FLOPs <= {format_count(self.flops)}" if self.flops is not None else ""]
         return ", ".join(p for p in parts if p) or "unbounded"
+
+    def relative_to(self, teacher: Cost) -> str:
+        """The bounds with their fraction of the teacher's cost: ``params <= 0.14M (0.50x teacher), ...``."""
+        parts = [f"{name} <= {format_count(bound)} ({bound / of:.2f}x teacher)"
+                 for name, bound, of in (("params", self.params, teacher.params), ("FLOPs", self.flops, teacher.flops))
+                 if bound is not None and of > 0]
+        return ", ".join(parts) or "unbounded"
 
 
 # ------------------------------------------------------------------------------------------------ search space

@@ -79,7 +79,12 @@ def open_study(run: str | Path | None = None, *, storage: str | None = None, stu
 
 def frame(study, include_all: bool = False) -> pd.DataFrame:
     """The study's trials as a DataFrame with ``COLUMNS``, best first; rejected/failed rows only with
-    ``include_all``. Duplicates (reused results) are listed only with ``include_all`` too."""
+    ``include_all``. Duplicates (reused results) are listed only with ``include_all`` too. A student-search
+    study gives its students instead (``kdzero.student_leaderboard.STUDENT_COLUMNS``)."""
+    from kdzero.student_leaderboard import is_student_search, student_frame
+
+    if is_student_search(study):
+        return student_frame(study)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
@@ -124,13 +129,17 @@ def baseline(study) -> dict | None:
     return stored.get("result") if isinstance(stored, dict) else None
 
 
+HIGHER_IS_BETTER = ("val_acc", "diswot", "relation", "semantic")  # sorted descending by ``arrange``
+
+
 def arrange(df: pd.DataFrame, top: int | None = None, sort: str | None = None) -> pd.DataFrame:
-    """``df`` ordered by column ``sort`` (ascending, except accuracy; missing values last), then its first
+    """``df`` ordered by column ``sort`` (ascending, except scores where higher is better: accuracy and the
+    DisWOT terms; missing values last), then its first
     ``top`` rows. Without ``sort`` the order of ``frame`` (best first) is kept."""
     if sort is not None:
         if sort not in df.columns:
             raise ConfigError(f"cannot sort by {sort!r}; {suggest(sort, df.columns)}")
-        df = df.sort_values(sort, ascending=sort != "val_acc", kind="stable").reset_index(drop=True)
+        df = df.sort_values(sort, ascending=sort not in HIGHER_IS_BETTER, kind="stable").reset_index(drop=True)
     if top is not None:
         if top < 1:
             raise ConfigError(f"top must be at least 1, got {top}")
@@ -148,6 +157,9 @@ def load_leaderboard(run: str | Path | None = None, *, storage: str | None = Non
 def genome_at(run: str | Path | None, rank: int, *, storage: str | None = None, study: str | None = None) -> str:
     """The genome text at ``rank`` (1 = best) of a run's leaderboard: what ``replay`` and ``export`` take."""
     board = load_leaderboard(run, storage=storage, study=study)
+    if "genome" not in board.columns:
+        raise ConfigError(f"{run or study} is a student search: it ranks students, not distillers; replay a student "
+                          "with 'kdzero replay --method kd --student TEXT' (the command student-search printed)")
     rows = board[board["rank"] == rank]
     if rows.empty:
         where = run if run is not None else f"study {study}"
@@ -200,6 +212,7 @@ class LeaderboardTable:
     title: str
     baseline_row: bool = False
     drop_order: tuple[str, ...] = field(default=("trial", "s", "CKA-gap", "S-gap", "CE", "state", "reason", "acc %"))
+    name_column: str = "genome"  # the column of names (genome or student text) that never wraps when it fits
 
     def fitted_columns(self, width: int) -> list[_Column]:
         """The columns kept for a console ``width`` characters wide: drop in ``drop_order`` until the rest fits,
@@ -225,7 +238,8 @@ class LeaderboardTable:
         by_header = {c.header: c for c in self.columns}
         if "reason" not in by_header:
             return []
-        reasons, genomes, trials = by_header["reason"].cells, by_header["genome"].cells, by_header["trial"].cells
+        reasons, trials = by_header["reason"].cells, by_header["trial"].cells
+        genomes = by_header[self.name_column].cells
         return [f"{genomes[i]} (trial {trials[i]}): {reasons[i]}" for i in range(len(reasons)) if reasons[i]]
 
     def table(self, kept: list[_Column], width: int) -> Table:
@@ -234,8 +248,8 @@ class LeaderboardTable:
         table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                       padding=(0, 1), collapse_padding=False)
         for column in kept:
-            if column.header == "genome":
-                table.add_column("genome", no_wrap=fits, overflow="fold")
+            if column.header == self.name_column:
+                table.add_column(column.header, no_wrap=fits, overflow="fold")
             else:
                 table.add_column(column.header, justify=column.justify, no_wrap=column.max_width is None,
                                  overflow="fold", max_width=column.max_width)

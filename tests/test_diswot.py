@@ -22,6 +22,7 @@ from kdzero.diswot import (
     diswot_score,
     model_cost,
     parse_count,
+    parse_limit,
     relation_similarity,
     semantic_similarity,
 )
@@ -153,6 +154,17 @@ def test_counts_parse_and_budget_filters():
     assert Budget(flops=50).fits(Cost(10**9, 50)) and not Budget(params=10, flops=50).fits(Cost(5, 51))
 
 
+def test_a_budget_is_a_count_or_a_fraction_of_the_teacher():
+    assert parse_limit("0.5x", 272_474) == 136_237 and parse_limit("0.25X", 41_000_000) == 10_250_000
+    assert parse_limit("40k", 10**9) == 40_000  # absolute counts ignore the teacher
+    for bad in ("0x", "-1x", "x", "2y", "half"):
+        with pytest.raises(ConfigError, match=r"fraction of the teacher like 0\.5x, got"):
+            parse_limit(bad, 1000)
+    budget = Budget(params=136_237, flops=1_266_000)
+    assert budget.relative_to(Cost(272_474, 2_532_000)) == \
+        "params <= 136.2k (0.50x teacher), FLOPs <= 1.27M (0.50x teacher)"
+
+
 def test_mutation_copies_the_parent_and_changes_exactly_one_gene():
     space, rng = SearchSpace(), random.Random(0)
     for _ in range(200):
@@ -212,12 +224,60 @@ def test_cli_searches_digits_and_writes_a_study_the_leaderboard_reads(tmp_path, 
     printed = capsys.readouterr().out
     assert "kdzero replay --method kd --teacher resnet20 --student 'resnet[" in printed
     board = load_leaderboard(tmp_path / "runs" / "tiny")
-    assert 4 <= len(board) <= 8 and board["genome"].is_unique
-    assert board["val_acc"].isna().all() and list(board["score"]) == sorted(board["score"])
-    for text in board["genome"]:
-        assert arch_cost(StudentArch.parse(text), 10, 1, (8, 8)).params <= 40_000
+    assert 4 <= len(board) <= 8 and board["student"].is_unique
+    assert list(board["rank"]) == list(range(1, len(board) + 1))
+    assert list(board["diswot"]) == sorted(board["diswot"], reverse=True)  # higher is better, best first
+    assert np.allclose(board["diswot"], board["relation"] + board["semantic"])
+    for row in board.itertuples():
+        cost = arch_cost(StudentArch.parse(row.student), 10, 1, (8, 8))
+        assert cost.params == row.params <= 40_000 and cost.flops == row.flops
 
     assert main(argv) == 0  # the same command again resumes: nothing is scored or stored twice
     assert len(load_leaderboard(tmp_path / "runs" / "tiny")) == len(board)
     assert main([*argv[:-3], "--budget-params", "30k", "--name", "tiny", "--no-progress"]) == 2
     assert "other settings (budget)" in capsys.readouterr().err
+
+
+def test_default_budget_keeps_every_student_smaller_and_cheaper_than_its_teacher(tmp_path, monkeypatch, capsys):
+    from kdzero.leaderboard import load_leaderboard
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["student-search", "--random-teacher", "--population", "6", "--cycles", "10", "--name", "d",
+                 "--no-progress"]) == 0
+    header = capsys.readouterr().err
+    teacher = model_cost(create_model("resnet20", num_classes=10, in_chans=1), 1, (8, 8))
+    assert "(0.50x teacher)" in header and f"{teacher.params / 1000:.1f}k params" in header
+    board = load_leaderboard(tmp_path / "runs" / "d")
+    assert len(board) >= 6
+    assert (board["params"] <= teacher.params // 2).all() and (board["flops"] <= teacher.flops // 2).all()
+
+
+def test_student_search_leaderboard_is_headed_student_plots_and_never_wraps_a_name(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["student-search", "--random-teacher", "--population", "5", "--cycles", "3", "--name", "s",
+                 "--budget-params", "0.9x", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "runs/s", "--plot", "s.png"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("rank"))
+    assert header.split()[:3] == ["rank", "student", "DisWOT"] and "params" in header and "FLOPs" in header
+    assert "genome" not in out
+    students = [line.split()[1] for line in lines if line.strip()[:1].isdigit()]
+    assert len(students) >= 5
+    for text in students:  # whole names, one line each: every one parses back to an architecture
+        StudentArch.parse(text)
+    assert max(len(line) for line in lines) <= 80
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    assert main(["leaderboard", "runs/s", "--sort", "params", "--format", "csv"]) == 0
+    import io
+
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(table.columns[:8]) == ["rank", "trial", "student", "diswot", "relation", "semantic", "params", "flops"]
+    assert list(table["params"]) == sorted(table["params"])
+    assert main(["replay", "runs/s", "--rank", "1"]) == 2
+    assert "is a student search" in capsys.readouterr().err

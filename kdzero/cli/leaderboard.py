@@ -18,6 +18,7 @@ examples:
   kdzero leaderboard runs/digits --format csv -o board.csv
   kdzero leaderboard runs/digits --plot search.png     # score over trials and op frequencies (kdzero[plot])
   kdzero leaderboard --storage postgresql://user:pw@host/db --study c100
+  kdzero leaderboard runs/diswot-resnet20-digits       # a student search: students by DisWOT, params, FLOPs
 
 Scores are lower-is-better proxy scores; acc % is the student's proxy validation accuracy.
 """
@@ -48,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read the study, print or write the leaderboard, draw the plot if asked."""
     from kdzero.leaderboard import arrange, baseline, frame, open_study, plot, rich_table
+    from kdzero.student_leaderboard import is_student_search, student_plot, student_table
 
     if args.run_path is None and (args.storage is None or args.study is None):
         raise ConfigError("give a run folder (kdzero leaderboard runs/NAME) or both --storage URL and --study NAME")
@@ -56,12 +58,16 @@ def run(args: argparse.Namespace) -> int:
     df = arrange(df_all if args.include_all else df_all[df_all["rank"].notna()].reset_index(drop=True),
                  top=args.top, sort=args.sort)
     name = args.run_path or args.study
+    students = is_student_search(study)
     if args.plot:
-        path = plot(df_all, args.plot, top=args.top or 10, baseline=baseline(study), title=str(name))
+        path = (student_plot(df_all, args.plot, title=str(name)) if students else
+                plot(df_all, args.plot, top=args.top or 10, baseline=baseline(study), title=str(name)))
         err_console.print(f"wrote plot {path}", highlight=False, markup=False)
     if args.format == "table":
-        title = f"leaderboard: {name} (lower score is better)"
-        table = rich_table(df, title=title, baseline=baseline(study))
+        if students:
+            table = student_table(df, title=f"students: {name} (DisWOT, higher is better)")
+        else:
+            table = rich_table(df, title=f"leaderboard: {name} (lower score is better)", baseline=baseline(study))
         if args.output is None:
             console.print(table)
         else:

@@ -6,16 +6,19 @@ import re
 import shlex
 
 from rich.markup import escape
-from rich.table import Table
 
 from kdzero.cli._display import console, err_console
 from kdzero.cli.train_teacher import log_line, set_threads
+from kdzero.diswot import DEFAULT_BUDGET_RATIO
 from kdzero.errors import ConfigError
 
 EPILOG = """\
 examples:
-  kdzero student-search --budget-params 0.1M
-      digits: trains its resnet20 teacher once (runs/teachers/), then 20 + 100 students in about a minute
+  kdzero student-search
+      digits: trains its resnet20 teacher once (runs/teachers/), then 20 + 100 students in about a minute,
+      each at most half the teacher's parameters and half its FLOPs (the default budget, 0.5x)
+  kdzero student-search --budget-params 0.1M --budget-flops 0.25x
+      an absolute parameter bound and a quarter of the teacher's FLOPs
   kdzero student-search --teacher resnet56a --teacher-ckpt resnet56-4bfd9763.th --budget-params 0.3M \\
       --budget-flops 40M --dataset imagefolder:/data/cifar10-jpeg --normalize imagenet
       CIFAR-10 students for akamaster's pretrained ResNet-56
@@ -43,9 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--teacher-ckpt", metavar="PATH", help="teacher checkpoint, loaded strictly")
     which.add_argument("--random-teacher", action="store_true", help="use the teacher at random initialisation")
     space = parser.add_argument_group("students")
-    space.add_argument("--budget-params", metavar="N", help="most parameters, e.g. 0.3M or 250k "
-                                                            "(default: the teacher's own count)")
-    space.add_argument("--budget-flops", metavar="N", help="most FLOPs (multiply-accumulates per image), e.g. 40M")
+    space.add_argument("--budget-params", metavar="N", default=f"{DEFAULT_BUDGET_RATIO}x",
+                       help="most parameters: a count (0.3M, 250k) or a fraction of the teacher's "
+                            f"(0.25x); default {DEFAULT_BUDGET_RATIO}x")
+    space.add_argument("--budget-flops", metavar="N", default=f"{DEFAULT_BUDGET_RATIO}x",
+                       help="most FLOPs (multiply-accumulates per image): a count (40M) or a fraction of the "
+                            f"teacher's (0.25x); default {DEFAULT_BUDGET_RATIO}x")
     space.add_argument("--families", default="resnet,wrn", help="student families (default resnet,wrn)")
     search = parser.add_argument_group("search (aging evolution)")
     search.add_argument("--population", type=int, default=20, help="population size P (20)")
@@ -73,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from kdzero.diswot import Budget, SearchSpace, StudentSearch, format_count, model_cost, parse_count
+    from kdzero.diswot import Budget, SearchSpace, StudentSearch, format_count, model_cost, parse_limit
     from kdzero.models import create_model
+    from kdzero.student_leaderboard import student_frame, student_table
     from kdzero.train import DEFAULT_DIGITS_TEACHER, ensure_teacher, load_data, load_teacher
 
     for name in ("population", "cycles", "sample", "top"):
@@ -105,9 +112,8 @@ def run(args: argparse.Namespace) -> int:
     pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[:args.batch_size]
     images, labels = split.normalize(split.images[pick]).to(args.device), split.labels[pick].to(args.device)
     teacher_cost = model_cost(teacher, data.in_chans, data.image_size)
-    budget = Budget(params=parse_count(args.budget_params, "--budget-params") if args.budget_params
-                    else teacher_cost.params,
-                    flops=parse_count(args.budget_flops, "--budget-flops") if args.budget_flops else None)
+    budget = Budget(params=parse_limit(args.budget_params, teacher_cost.params, "--budget-params"),
+                    flops=parse_limit(args.budget_flops, teacher_cost.flops, "--budget-flops"))
     space = SearchSpace(families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
     name = args.name or f"diswot-{teacher_name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', data.name).strip('_')}"
     run_dir = Path(args.runs) / name
@@ -116,22 +122,14 @@ def run(args: argparse.Namespace) -> int:
     search = StudentSearch(teacher, images, labels, data.num_classes, data.in_chans, data.image_size, run_dir,
                            budget=budget, space=space, seed=args.seed, settings=settings)
     err_console.print(f"teacher {escape(teacher_name)} ({format_count(teacher_cost.params)} params, "
-                      f"{format_count(teacher_cost.flops)} FLOPs); students within {budget}; "
+                      f"{format_count(teacher_cost.flops)} FLOPs); students within {budget.relative_to(teacher_cost)}; "
                       f"run {escape(str(run_dir))}",
                       highlight=False)
     result = _search(search, args)
 
-    table = Table(title=escape(f"best students for {teacher_name} on {data.name} (DisWOT, higher is better)"),
-                  title_justify="left")
-    table.add_column("rank", justify="right")
-    table.add_column("student", overflow="fold")  # the full text: it is what replay takes
-    for column in ("DisWOT", "relation", "semantic", "params", "FLOPs"):
-        table.add_column(column, justify="right")
-    for rank, member in enumerate(result.best(args.top), start=1):
-        r = search.results[str(member.arch)]
-        table.add_row(str(rank), escape(r.arch), f"{r.score:.5f}", f"{r.relation:.5f}", f"{r.semantic:.5f}",
-                      format_count(r.params), format_count(r.flops), style="green" if rank == 1 else "")
-    console.print(table)
+    board = student_frame(search.study).head(args.top)
+    console.print(student_table(board, title=f"best students for {teacher_name} on {data.name} "
+                                             "(DisWOT, higher is better)"))
     console.print(f"{result.scored} students scored ({len(result.history)} births); leaderboard: "
                   f"kdzero leaderboard {escape(shlex.quote(str(run_dir)))}", highlight=False)
     note = ""

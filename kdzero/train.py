@@ -527,6 +527,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("imagefolder:", "")).strip("_") or "data"
 
 
+def replay_dir(student: str, dataset: str, label: str) -> Path:
+    """The default folder of a replay: ``runs/replay/<student>-<dataset>-<distiller>``."""
+    return Path("runs/replay") / f"{_slug(student)}-{_slug(dataset)}-{_slug(label)}"
+
+
 def teacher_dir(model_name: str, dataset: str, root: str | os.PathLike = TEACHERS_DIR) -> Path:
     """The folder ``ensure_teacher`` and ``kdzero train-teacher`` use by default: ``root/<model>-<dataset>``."""
     return Path(root) / f"{model_name}-{_slug(dataset)}"
@@ -734,7 +739,7 @@ def replay(
         if log is not None:
             log(f"teacher {teacher} from {teacher_ckpt}: test top-1 "
                 f"{evaluate(teacher_model.to(config.device), data.test.to(config.device)):.2f}%")
-    out_dir = Path(out) if out is not None else Path("runs/replay") / f"{student}-{_slug(data.name)}-{_slug(label)}"
+    out_dir = Path(out) if out is not None else replay_dir(student, data.name, label)
     runs = []
     for seed in seed_list:
         run_config = replace(config, seed=seed)

@@ -99,11 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace):
-    """Defaults, then the config file, then the command line."""
+def resolve_config(args: argparse.Namespace, base=None):
+    """Defaults (or ``base``, e.g. an existing run's config), then the config file, then the command line."""
     from kdzero.search.config import SearchConfig, load_config
 
-    config = load_config(args.config) if args.config else SearchConfig()
+    config = load_config(args.config) if args.config else (base or SearchConfig())
     overrides = {key: value for key, value in vars(args).items()
                  if key in SearchConfig.__dataclass_fields__ or key.startswith("proxy.")}
     overrides.pop("proxy", None)

@@ -202,3 +202,59 @@ class RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(f"{_now()}  {line}\n")
+
+
+def run_pair(run_dir: str | Path) -> RunPair:
+    """The pair a run was searched with: ``pair.json``, or for a run made before pairs were recorded, what its
+    ``config.json`` says (the built-in digits teacher found where the search keeps it)."""
+    run_dir = Path(run_dir)
+    pair = load_pair(run_dir)
+    if pair is not None:
+        return pair
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir} is not a search run (no pair.json or config.json)")
+    try:
+        config = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{saved} is corrupt") from None
+    teacher = config.get("teacher", "resnet20")
+    checkpoint = config.get("teacher_ckpt")
+    if checkpoint is None and config.get("dataset", "digits") == "digits":
+        checkpoint = str(run_dir / "teacher" / f"{teacher}-digits" / "best.pt")
+    return RunPair(teacher=teacher, student=config.get("student", "resnet8"),
+                   dataset=config.get("dataset", "digits"), normalize=config.get("normalize", "dataset"),
+                   num_classes=0, in_chans=0, image_size=[], data_root=config.get("data_root"),
+                   teacher_ckpt=checkpoint)
+
+
+SAFE_OVERRIDES = ("data_root",)
+"""Pair settings an explicit option may change with a warning: where the same data lives now."""
+
+
+REPLAY_ELSE = "give --genome TEXT instead of the run to train another pair"
+
+
+def apply_pair(pair: RunPair, run: str | Path, given: dict[str, Any], warn, instead: str = REPLAY_ELSE
+               ) -> dict[str, Any]:
+    """The pair's settings with the explicitly ``given`` options (name -> value, None when not given) checked
+    against them: a contradiction is an error naming both values; a safe one (``SAFE_OVERRIDES``) is applied
+    with a warning through ``warn``."""
+    if pair.from_python:
+        raise ConfigError(f"run {run} was searched on Python objects ({pair.teacher} -> {pair.student}); the "
+                          f"command line cannot rebuild them: use kdzero.replay({str(run)!r}, teacher=..., "
+                          f"student=..., train_data=...)")
+    resolved = {}
+    for name, value in given.items():
+        recorded = getattr(pair, name)
+        if value is None or value == recorded or (name == "teacher_ckpt" and recorded is not None
+                                                  and Path(value).resolve() == Path(recorded).resolve()):
+            resolved[name] = recorded
+        elif name in SAFE_OVERRIDES:
+            warn(f"warning: run {run} was searched with {name} {recorded!r}; using {value!r} as given")
+            resolved[name] = value
+        else:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} {value!r} contradicts run {run}, searched with {name} {recorded!r}; "
+                              f"drop {option} to use the run's, or {instead}")
+    return resolved

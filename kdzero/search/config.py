@@ -136,7 +136,7 @@ class SearchConfig:
         if refused:
             raise ConfigError(f"run {self.name!r} was scored with other settings ({'; '.join(refused)}); a change "
                               f"would mix two kinds of score in one leaderboard: pass --name NEW for a new run, "
-                              f"or --fresh to discard this one and start again")
+                              f"or --fresh to discard this one and start again (in Python: name=, fresh=True)")
         return extended
 
 

@@ -107,3 +107,35 @@ def test_cli_searches_a_torchvision_teacher_and_a_users_factory_student_on_a_use
     assert pair["teacher"] == "torchvision:resnet18" and pair["student"] == "tests.byo_helpers:tiny_cnn?width=4"
     assert pair["student_shapes"]["feat"] == [8, 4, 4] and pair["teacher_shapes"]["feat"] == [512, 1, 1]
     assert sum(line.startswith("trial ") for line in out.splitlines()) == 2
+
+
+def test_version_names_kdzero_torch_and_python(capsys):
+    import platform
+    import re
+
+    import kdzero
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert re.fullmatch(rf"kdzero {re.escape(kdzero.__version__)} \((commit [0-9a-f]{{7}}, )?torch "
+                        rf"{re.escape(torch.__version__.split('+')[0])}\S*, Python {platform.python_version()}\)", out)
+
+
+def test_models_lists_every_zoo_name_and_the_spec_forms(capsys):
+    from kdzero.models import list_models
+
+    assert main(["models", "--plain"]) == 0
+    assert capsys.readouterr().out.split() == list_models()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision:NAME" in out and "timm:NAME" in out and "package.module:function" in out
+
+
+def test_genome_check_json_prints_json_only_even_with_shapes(capsys):
+    assert main(["genome", "check", "feat[no,no,no]|l2|no|T1|x1", "--json", "--student-shapes",
+                 "feat=8x4x4,emb=8,logit=10", "--teacher-shapes", "feat=16x4x4,emb=16,logit=10"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["input"] == "feat" and payload["check"] == {
+        "valid": True, "output_shapes": [[8, 16, 4, 4]] * 4, "connector": True}

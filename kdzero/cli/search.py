@@ -135,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
                                 plain_lines=not console.is_terminal, run_log=record.RunLog(config.run_dir))
     task = runner.build_task(config, log=display.log, device=devices[0])
     search = runner.prepare_run(config, is_valid=runner.validity_checker(task), log=display.log)
-    record.save_pair(config.run_dir, runner.run_pair(config, task))
+    pair = runner.run_pair(config, task)
+    record.save_pair(config.run_dir, pair)
+    search.study.set_user_attr(record.PAIR_ATTR, pair.to_dict())  # for workers and readers of a shared storage
     record.start_session(config.run_dir, ",".join(sorted(set(devices))))
     display.progress.update(display.trials, total=search.config.trials)
     done = len([t for t in search.study.get_trials(deepcopy=False) if t.state.is_finished()

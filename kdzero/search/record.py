@@ -27,6 +27,7 @@ from kdzero.errors import CheckpointError, ConfigError
 PAIR_FILE = "pair.json"
 META_FILE = "run.json"
 LOG_FILE = "search.log"
+PAIR_ATTR = "kdzero_pair"  # the same pair, in the study (a PostgreSQL run's readers have no run folder)
 
 
 @dataclass

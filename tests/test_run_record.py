@@ -214,3 +214,19 @@ def test_cifar10_jpeg_run_with_akamaster_teacher_replays_its_own_pair(shared_dat
     assert (summary["student"], summary["teacher"]) == ("resnet20a", "resnet56a")
     assert summary["dataset"] == f"imagefolder:{root.as_posix()}"
     assert "teacher resnet56a from" in err and "resnet56-4bfd9763.th" in err
+
+
+def test_resume_rules_sort_each_setting_into_refused_extending_or_free():
+    from kdzero.errors import ConfigError
+    from kdzero.search.config import SearchConfig
+
+    saved = SearchConfig(population=12, iterations=28).to_dict()
+    assert SearchConfig(population=12, iterations=28, workers=4, device="cuda", threads=2).check_resumable(saved) == []
+    assert SearchConfig(population=20, iterations=40).check_resumable(saved) == [
+        "iterations 28 -> 40", "population 12 -> 20"]
+    for changed in ({"population": 8}, {"sampler": "tpe"}, {"seed": 1}, {"proxy": {"steps": 60}},
+                    {"proxy": {"train_subset": 50}}, {"score": {"cka_gap": 0.0}}, {"student": "resnet20"}):
+        config = SearchConfig.from_dict({**saved, **changed, "proxy": {**saved["proxy"], **changed.get("proxy", {})},
+                                         "score": {**saved["score"], **changed.get("score", {})}})
+        with pytest.raises(ConfigError, match=r"pass --name NEW for a new run, or --fresh"):
+            config.check_resumable(saved)

@@ -66,6 +66,9 @@ def parse_spec(text: str) -> ModelSpec:
     options = _parse_options(text, query)
     if not target:
         raise ConfigError(f"model spec {text!r} names no model after the colon; e.g. torchvision:resnet18")
+    if head == "python":
+        raise ConfigError(f"model {text!r} was given to kdzero.search as a Python object; the command line cannot "
+                          f"rebuild it: pass the object to kdzero.search or kdzero.replay again")
     if head in ("torchvision", "timm"):
         return ModelSpec(head, target, options)
     if not all(part.isidentifier() for part in head.split(".")) or not target.isidentifier():

@@ -130,6 +130,9 @@ def prepare_run(config: SearchConfig, is_valid: Callable[[Genome], bool] | None 
     studies.initialise(study, config.to_dict(), space, config.trials, presets)
     if saved_config is not None and extended:
         _extend(study, config, extended, log)
+    elif saved_config is not None:
+        log(f"resuming run {config.name}: {finished_trials(study)} of "
+            f"{study.user_attrs.get(studies.BUDGET_ATTR, config.trials)} planned trials finished")
     return Run(config, storage, study)
 
 

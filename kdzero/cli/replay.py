@@ -79,10 +79,14 @@ def _distiller(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def _use_run_pair(args: argparse.Namespace) -> None:
-    """Fill the pair options from the run's recorded pair; a given option that contradicts it is an error."""
-    from kdzero.search.record import apply_pair, run_pair
+    """Fill the pair options from the run's recorded pair; a given option that contradicts it is an error.
+    A run folder that records nothing (a study copied without its config) leaves the options as given."""
+    from kdzero.search.record import PAIR_FILE, apply_pair, run_pair
 
-    pair = run_pair(args.run_path)
+    run_dir = Path(args.run_path)
+    if not (run_dir / PAIR_FILE).is_file() and not (run_dir / "config.json").is_file():
+        return
+    pair = run_pair(run_dir)
     given = {"student": args.student, "teacher": args.teacher, "teacher_ckpt": args.teacher_ckpt,
              "dataset": args.dataset, "data_root": args.data_root, "normalize": args.normalize}
     resolved = apply_pair(pair, args.run_path, given, warn=log_line)

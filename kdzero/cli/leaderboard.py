@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _write(args.output, json.dumps(_document(args, name, study, df), indent=2, default=str) + "\n")
     elif args.format == "table":
-        title = f"leaderboard: {name} (lower score is better)"
+        title = f"leaderboard: {name}{_pair_text(args.run_path)} (lower score is better)"
         table = rich_table(df, title=title, baseline=baseline(study))
         if args.output is None:
             console.print(table)
@@ -82,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         err_console.print(f"wrote {args.output}", highlight=False, markup=False)
     return 0
+
+
+def _pair_text(run_path: str | None) -> str:
+    """``: resnet56a -> resnet20 on cifar10`` for a run folder that recorded its pair, else nothing."""
+    from kdzero.search.record import load_pair
+
+    pair = load_pair(run_path) if run_path is not None else None
+    return f": {pair.teacher} -> {pair.student} on {pair.dataset}" if pair is not None else ""
 
 
 def _write(output: str | None, text: str) -> None:

@@ -149,7 +149,7 @@ class UnifiedLoss(nn.Module):
         s, t = align_spatial(s, t)
         ctx = ctx or OpContext(training=self.training, generator=self.generator)
         for slot, op in enumerate(self._transforms):
-            ctx.slot = slot
+            ctx.share(slot, tuple(s.shape), tuple(t.shape))
             s = op(s, ctx)
             t = op(t, ctx)
         temperature = float(self.genome.temperature)

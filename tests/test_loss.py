@@ -284,6 +284,22 @@ def test_random_transforms_mask_both_sides_identically():
     assert 0.0 < masked_energy < float((features.feat**2).mean())
 
 
+@pytest.mark.parametrize("text", ["feat[drop,channel,no]|l2|no|T1|x1", "feat[drop,pow2,channel]|l1|no|T1|x1",
+                                  "feat[mask,drop,channel]|l2|no|T1|x1", "emb[drop,mm,no]|l2|no|T1|x1"])
+def test_drop_shares_one_mask_between_sides_of_different_widths(text):
+    """A teacher that is the student's channels twice over carries the same knowledge after channel pooling
+    (or a batch Gram): with one shared draw the distance is exactly zero."""
+    genome = Genome.parse(text)
+    assert not genome.needs_connector(STUDENT_SHAPES, TEACHER_SHAPES)
+    loss_fn = UnifiedLoss(genome, STUDENT_SHAPES, TEACHER_SHAPES, generator=torch.Generator().manual_seed(7))
+    student = _features(STUDENT_SHAPES, 40, requires_grad=False)
+    doubled = Features(torch.cat([student.feat, student.feat], dim=1),
+                       torch.cat([student.emb, student.emb], dim=1), student.logit)
+    s, t = loss_fn.compare(student, doubled)
+    assert not torch.equal(s, loss_fn.eval().compare(student, doubled)[0]), "the draw must drop something"
+    torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-6)
+
+
 def test_generator_makes_random_transforms_reproducible():
     genome = Genome.parse("feat[mask,no,no]|l2|no|T1|x1")
     student, teacher = _features(SAME_SHAPES, 26, False), _features(SAME_SHAPES, 27, False)

@@ -562,3 +562,13 @@ def test_local_ops_are_degenerate_exactly_when_every_cell_holds_one_position(cel
         output = op(_randn(*shape, seed=size), OpContext(training=True))
         assert (torch.count_nonzero(output) == 0) == (size <= cells), (cells, size)
         assert (op.degenerate(shape)) == (size <= cells)
+
+
+def test_context_draws_once_over_the_axes_both_sides_share():
+    ctx = OpContext(training=True, generator=torch.Generator().manual_seed(5))
+    ctx.share(0, (6, 3, 4, 4), (6, 5, 4, 4))
+    student = ctx.bernoulli((6, 3, 4, 4), 0.5, torch.device("cpu"), torch.float32)
+    teacher = ctx.bernoulli((6, 5, 4, 4), 0.5, torch.device("cpu"), torch.float32)
+    assert student.shape == (6, 1, 4, 4) and torch.equal(student, teacher)
+    ctx.share(1, (6, 5, 4, 4), (6, 5, 4, 4))
+    assert ctx.bernoulli((6, 5, 4, 4), 0.5, torch.device("cpu"), torch.float32).shape == (6, 5, 4, 4)

@@ -21,19 +21,39 @@ class OpContext:
     """Per-call state shared by the student and teacher branches of one loss evaluation.
 
     Randomised transforms (``mask``, ``drop``) ask the context for their random tensor; the first branch draws
-    it, the second gets the same one, so both sides are masked identically. ``slot`` is set by the caller
-    before each transform slot so that two random ops in one genome draw independent masks.
+    it, the second gets the same one, so both sides are masked identically. Before each transform slot the
+    caller names the slot and the two sides' shapes (``share``): two random ops in one genome then draw
+    independent masks, and where the sides differ along an axis (a student and teacher of different widths
+    that need no connector) there is no entry-to-entry correspondence along it, so the draw is made once
+    with size 1 there and broadcast: both sides drop the same samples and positions.
     """
 
     def __init__(self, training: bool = True, generator: torch.Generator | None = None) -> None:
         self.training = training
         self.generator = generator
         self.slot = 0
+        self._sides: tuple[Shape, ...] = ()
         self._draws: dict[tuple, torch.Tensor] = {}
 
+    def share(self, slot: int, student_shape: Shape, teacher_shape: Shape) -> None:
+        """Start transform slot ``slot``, whose inputs have these shapes on the student and teacher side."""
+        self.slot = slot
+        self._sides = (tuple(student_shape), tuple(teacher_shape))
+
+    def draw_shape(self, shape: Shape) -> Shape:
+        """The shape actually drawn for a request of ``shape``: size 1 on every axis where the two sides of the
+        current slot differ, so that one draw fits both."""
+        shape = tuple(shape)
+        if len(self._sides) != 2 or not all(len(side) == len(shape) for side in self._sides):
+            return shape
+        student, teacher = self._sides
+        return tuple(1 if a != b else size for size, a, b in zip(shape, student, teacher))
+
     def bernoulli(self, shape: Shape, keep_prob: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """A 0/1 tensor of ``shape`` with P(1) = keep_prob, drawn once per (slot, shape) and then reused."""
-        key = (self.slot, tuple(shape))
+        """A 0/1 tensor broadcastable to ``shape`` with P(1) = keep_prob, drawn once per slot and reused by
+        the other side (its shape is ``draw_shape(shape)``)."""
+        shape = self.draw_shape(shape)
+        key = (self.slot, shape)
         if key not in self._draws:
             draw_device = self.generator.device if self.generator is not None else device
             uniform = torch.rand(shape, generator=self.generator, device=draw_device)

@@ -117,7 +117,8 @@ def sqrt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ random
 @register(formula="x * m / 0.9, m ~ Bernoulli(0.9) shared by both sides; x in eval mode", random=True)
 def drop(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
-    """Dropout with p = 0.1, one mask per call shared by student and teacher, off in eval mode."""
+    """Dropout with p = 0.1, one mask per call shared by student and teacher, off in eval mode. When the two
+    sides differ in width (no connector), the mask is drawn per sample and position and spans all channels."""
     if not ctx.training:
         return x
     keep = ctx.bernoulli(tuple(x.shape), 1.0 - DROP_PROB, x.device, x.dtype)

@@ -71,8 +71,10 @@ class Op:
     idempotent:     op(op(x)) == op(x), so consecutive repeats collapse in the canonical key.
     random:         draws randomness per call (shared between branches, off in eval mode).
     min_compare_len: distances only: the compared axis must have at least this many entries to mean anything.
-    degenerate:     shape -> True where the op is defined but its output carries no information (all zeros),
-                    so validation rejects the genome instead of paying for a constant loss.
+    degenerate:     shape -> a reason (non-empty text) where the op is defined but its output carries no
+                    information (constant, or the input's signs at most: a softmax or normalisation over an
+                    axis of length 1), "" elsewhere; validation rejects such a genome instead of paying for a
+                    loss that cannot train the student.
     """
 
     name: str
@@ -85,7 +87,7 @@ class Op:
     idempotent: bool = False
     random: bool = False
     min_compare_len: int = 1
-    degenerate: Callable[[Shape], bool] | None = None
+    degenerate: Callable[[Shape], str] | None = None
     doc: str = field(default="", compare=False)
 
     def __call__(self, *args, **kwargs):
@@ -98,9 +100,10 @@ class Op:
                 f"{self.kind} {self.name!r} is not defined for {len(shape)}-D input {tuple(shape)}; "
                 f"it takes {', '.join(f'{r}-D' for r in sorted(self.ranks))}"
             )
-        if self.degenerate is not None and self.degenerate(tuple(shape)):
-            raise GenomeError(f"{self.kind} {self.name!r} returns all zeros for input {tuple(shape)}: "
-                              f"{self.doc.split(':')[0].lower()} needs more positions")
+        reason = self.degenerate(tuple(shape)) if self.degenerate is not None else ""
+        if reason:
+            raise GenomeError(f"{self.kind} {self.name!r} carries no information for input {tuple(shape)}: "
+                              f"{reason}, so the loss could not train the student")
         return tuple(self.out_shape(tuple(shape))) if self.out_shape is not None else tuple(shape)
 
 

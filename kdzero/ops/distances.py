@@ -8,6 +8,8 @@ The student always comes first; kl and hard are asymmetric and take the teacher 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,11 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 2:
         return x.unsqueeze(1)
     return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision input is promoted so that (log-)softmax stays accurate; float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 @register(formula="mean |s - t|")
@@ -46,8 +53,8 @@ def smooth_l1(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """KL(softmax(t) || softmax(s)) along D: the teacher's distribution is the target, the student's log-softmax
     the prediction (Hinton KD's direction). Defined for any real input, raw features included."""
-    log_p_s = torch.log_softmax(as_rows(s).float(), dim=-1)
-    log_p_t = torch.log_softmax(as_rows(t).float(), dim=-1)
+    log_p_s = torch.log_softmax(_at_least_float32(as_rows(s)), dim=-1)
+    log_p_t = torch.log_softmax(_at_least_float32(as_rows(t)), dim=-1)
     per_row = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=-1)
     return per_row.mean(dim=1).to(s.dtype)
 
@@ -55,7 +62,7 @@ def kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 @register(formula="mean_G cross_entropy(s, argmax_D t)", min_compare_len=2)
 def hard(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Hard-label distillation: cross-entropy of the student's row against the teacher's arg-max along D."""
-    rows_s = as_rows(s).float()
+    rows_s = _at_least_float32(as_rows(s))
     target = as_rows(t).argmax(dim=-1)
     per_row = F.cross_entropy(rows_s.transpose(1, 2), target, reduction="none")
     return per_row.mean(dim=1).to(s.dtype)
@@ -67,16 +74,18 @@ def cosine(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(as_rows(s), as_rows(t), dim=-1, eps=COS_EPS)).mean(dim=1)
 
 
-@register(formula="mean_G (1 - pearson(s, t)) along D", min_compare_len=2)
+@register(formula="mean_G (1 - pearson(s, t)) along D", min_compare_len=3)
 def pearson(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Pearson distance 1 - r: cosine distance after centring each row, blind to shift and scale (as DIST)."""
+    """Pearson distance 1 - r: cosine distance after centring each row, blind to shift and scale (as DIST).
+    Rows need three entries: two centred entries are always +-(a - b)/2, so r would be +-1 whatever the input."""
     rows_s, rows_t = as_rows(s), as_rows(t)
     centred_s = rows_s - rows_s.mean(dim=-1, keepdim=True)
     centred_t = rows_t - rows_t.mean(dim=-1, keepdim=True)
     return (1.0 - F.cosine_similarity(centred_s, centred_t, dim=-1, eps=COS_EPS)).mean(dim=1)
 
 
-@register(formula="mean_j (cos(s_i, s_j) - cos(t_i, t_j))^2 over the batch")
+@register(formula="mean_j (cos(s_i, s_j) - cos(t_i, t_j))^2 over the batch",
+          degenerate=lambda s: "each sample holds one entry, so every cosine is +-1" if math.prod(s[1:]) == 1 else "")
 def correlation(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Correlation congruence: sample i's row of the batch cosine-similarity matrix, student vs teacher.
     Distils how samples relate to each other rather than the features themselves (CC / RKD family)."""

@@ -36,6 +36,21 @@ def _per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def _one_channel(shape: Shape) -> str:
+    """Degeneracy of an op over the channel axis (the features of a 2-D input)."""
+    return "it acts over a channel axis of length 1" if shape[1] == 1 else ""
+
+
+def _one_position(shape: Shape) -> str:
+    """Degeneracy of an op over the positions of each channel."""
+    return "it acts over a single position (a 1x1 map)" if math.prod(shape[2:]) == 1 else ""
+
+
+def _one_entry(shape: Shape) -> str:
+    """Degeneracy of an op over each sample's entries."""
+    return "it acts over one entry per sample" if math.prod(shape[1:]) == 1 else ""
+
+
 def _broadcast_per_sample(stat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) -> (N, 1, ..., 1) matching ``like``'s rank."""
     return stat.reshape(stat.shape[0], *([1] * (like.dim() - 1)))
@@ -250,7 +265,8 @@ def _register_local(cells: int) -> None:
     )
     register(f"local_s{cells}", formula=f"x - mean over its cell of a {cells}x{cells} grid",
              ranks=frozenset({3, 4}), idempotent=True,
-             degenerate=lambda s: all(size <= cells for size in s[2:]))(local)
+             degenerate=lambda s: f"every cell of its {cells}x{cells} grid holds one position, so it returns all "
+                                  f"zeros" if all(size <= cells for size in s[2:]) else "")(local)
 
 
 for _radius in (1, 2, 4):
@@ -264,9 +280,10 @@ def _l2_normalize_positions(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(_positions(x), dim=2, eps=EPS).reshape(x.shape)
 
 
-register("norm_HW", formula="x / ||x||_2 over positions", ranks=frozenset({3, 4}), idempotent=True)(
+register("norm_HW", formula="x / ||x||_2 over positions", ranks=frozenset({3, 4}), idempotent=True,
+         degenerate=_one_position)(
     lambda x, ctx: _l2_normalize_positions(x))
-register("norm_C", formula="x / ||x||_2 over channels", idempotent=True)(
+register("norm_C", formula="x / ||x||_2 over channels", idempotent=True, degenerate=_one_channel)(
     lambda x, ctx: F.normalize(x, dim=1, eps=EPS))
 register("norm_N", formula="x / ||x||_2 over the batch", idempotent=True)(
     lambda x, ctx: F.normalize(x, dim=0, eps=EPS))
@@ -277,17 +294,19 @@ def _over_positions(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 register("softmax_N", formula="softmax over the batch axis")(lambda x, ctx: torch.softmax(x, dim=0))
-register("softmax_C", formula="softmax over channels")(lambda x, ctx: torch.softmax(x, dim=1))
-register("softmax_HW", formula="softmax over positions", ranks=frozenset({3, 4}))(
+register("softmax_C", formula="softmax over channels", degenerate=_one_channel)(lambda x, ctx: torch.softmax(x, dim=1))
+register("softmax_HW", formula="softmax over positions", ranks=frozenset({3, 4}), degenerate=_one_position)(
     lambda x, ctx: _over_positions(torch.softmax, x))
 register("logsoftmax_N", formula="log-softmax over the batch axis (dim 0)")(
     lambda x, ctx: torch.log_softmax(x, dim=0))
-register("logsoftmax_C", formula="log-softmax over channels")(lambda x, ctx: torch.log_softmax(x, dim=1))
-register("logsoftmax_HW", formula="log-softmax over positions", ranks=frozenset({3, 4}))(
+register("logsoftmax_C", formula="log-softmax over channels", degenerate=_one_channel)(
+    lambda x, ctx: torch.log_softmax(x, dim=1))
+register("logsoftmax_HW", formula="log-softmax over positions", ranks=frozenset({3, 4}),
+         degenerate=_one_position)(
     lambda x, ctx: _over_positions(torch.log_softmax, x))
 
 
-@register(formula="x / sqrt(mean_sample(x^2) + 1e-6)", idempotent=True)
+@register(formula="x / sqrt(mean_sample(x^2) + 1e-6)", idempotent=True, degenerate=_one_entry)
 def scale(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Per-sample scale normalisation: divides each sample by its root-mean-square, removing magnitude
     differences between teacher and student while keeping signs and relative sizes."""
@@ -295,7 +314,8 @@ def scale(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return x / _broadcast_per_sample(rms, x)
 
 
-@register(formula="(x - min_sample) / (max_sample - min_sample + 1e-6)", idempotent=True)
+@register(formula="(x - min_sample) / (max_sample - min_sample + 1e-6)", idempotent=True,
+          degenerate=_one_entry)
 def min_max_normalize(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Per-sample min-max scaling into [0, 1] (per sample, never across the batch)."""
     flat = _per_sample(x)

@@ -14,6 +14,8 @@ import torch
 from kdzero import PRESETS, Features, Genome, UnifiedLoss
 from kdzero.errors import GenomeError
 from kdzero.genome import FULL_SPACE, SHRUNK_SPACE
+from kdzero.ops import DISTANCES, TRANSFORMS, OpContext
+from kdzero.ops.checks import overflow_reason
 
 MAPS_8 = ({"feat": (16, 8, 8), "emb": (16,), "logit": (10,)}, {"feat": (32, 8, 8), "emb": (32,), "logit": (10,)})
 MAPS_1 = ({"feat": (16, 1, 1), "emb": (16,), "logit": (10,)}, {"feat": (16, 1, 1), "emb": (16,), "logit": (10,)})
@@ -124,3 +126,104 @@ def test_sampled_validated_genomes_depend_on_the_student(space):
 def test_3000_sampled_validated_genomes_depend_on_the_student(space):
     validated, _ = _check_sampled_genomes_vary(space, 3000)
     assert validated > 800
+
+
+# ------------------------------------------------------------------------------------------- finite losses
+GROWTH_OPS = ("no", "exp", "pow2", "pow4", "mm", "bmm", "satt", "catt", "natt", "logsoftmax_N", "logsoftmax_C",
+              "logsoftmax_HW", "batchnorm", "scale", "norm_C", "norm_HW", "local_s2", "multi_scale_r4", "batch",
+              "channel", "drop", "mish")
+GROWTH_SPACE = FULL_SPACE._with_choices("transform1", GROWTH_OPS)._with_choices(
+    "transform2", GROWTH_OPS)._with_choices("transform3", GROWTH_OPS)
+SCALES = (1e-4, 1.0, 1e4)
+
+
+@pytest.mark.parametrize("text", ["feat[pow4,mm,no]|l2|no|T1|x1", "feat[pow4,bmm,bmm]|l1|no|T1|x1",
+                                  "emb[pow4,logsoftmax_C,mm]|l2|no|T8|x100", "feat[pow2,mm,mm]|l2|no|T1|x1"])
+def test_a_chain_that_can_overflow_float32_is_rejected_with_its_reason(text):
+    genome = Genome.parse(text)
+    with pytest.raises(GenomeError, match=r"can overflow float32 on activations up to 1e\+05: .*(squares|reach)"):
+        genome.validate(*MAPS_8)
+    # The check is not idle: the same chain, run through the ops without validation, overflows at 1e4.
+    s = _features(MAPS_8[1], 1, 1e4).select(genome.input)
+    t = _features(MAPS_8[1], 2, 1e4).select(genome.input)
+    ctx = OpContext(training=False)
+    for name in genome.transforms:
+        s, t = TRANSFORMS[name](s, ctx), TRANSFORMS[name](t, ctx)
+    value = DISTANCES[genome.distance](s / genome.temperature, t / genome.temperature).mean()
+    assert not torch.isfinite(value * genome.magnitude * genome.temperature ** 2)
+
+
+@pytest.mark.parametrize("text", ["feat[pow4,no,no]|l2|no|T1|x100", "feat[pow2,mm,no]|l2|no|T1|x100",
+                                  "feat[pow2,bmm,norm_C]|cosine|no|T1|x1", "logit[exp,no,no]|kl|no|T4|x100"])
+def test_powers_and_grams_that_stay_inside_float32_are_kept_and_finite(text):
+    genome = Genome.parse(text)
+    genome.validate(*MAPS_8)
+    for scale in SCALES:
+        value, gradient = _loss_and_gradient(genome, MAPS_8, 1, scale)
+        assert torch.isfinite(value) and torch.isfinite(gradient).all(), (text, scale)
+
+
+def test_a_norm_of_an_overflowing_gram_is_rejected_too():
+    """Its output stays finite, but only because the norm overflows to inf and every entry becomes 0."""
+    with pytest.raises(GenomeError, match=r"transform3 'norm_C' squares values that can reach 1\.0e\+32"):
+        Genome.parse("feat[pow4,mm,norm_C]|cosine|no|T1|x1").validate(*MAPS_8)
+
+
+def _check_sampled_genomes_are_finite(space, count: int, seed: int) -> int:
+    rng = random.Random(seed)
+    validated, broken = 0, []
+    for index in range(count):
+        genome = Genome.random(rng, space)
+        pair = PAIRS[index % len(PAIRS)]
+        if not genome.is_valid(*pair):
+            continue
+        validated += 1
+        for scale in SCALES:
+            value, gradient = _loss_and_gradient(genome, pair, index, scale)
+            if not (torch.isfinite(value) and torch.isfinite(gradient).all()):
+                broken.append(f"{genome} on {pair[0]['feat']} at scale {scale:g}")
+    assert not broken, broken
+    return validated
+
+
+@pytest.mark.parametrize("space", ["FULL", "SHRUNK", "GROWTH"])
+def test_sampled_validated_genomes_give_finite_losses_and_gradients_from_1e_minus4_to_1e4(space):
+    validated = _check_sampled_genomes_are_finite({**SPACES, "GROWTH": GROWTH_SPACE}[space], 150, seed=7)
+    assert validated > 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space", ["FULL", "SHRUNK", "GROWTH"])
+def test_2000_sampled_validated_genomes_give_finite_losses_and_gradients(space):
+    validated = _check_sampled_genomes_are_finite({**SPACES, "GROWTH": GROWTH_SPACE}[space], 2000, seed=8)
+    assert validated > 500
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chains_on_3d_inputs_that_pass_the_overflow_check_are_finite(seed):
+    """The same guarantee for transform chains on (N, C, L) sequences, straight through the ops."""
+    rng = random.Random(seed)
+    shape, checked = (6, 5, 9), 0
+    while checked < 40:
+        names = [rng.choice(GROWTH_OPS) for _ in range(3)]
+        distance = rng.choice(DISTANCES.names())
+        try:
+            out_shape = shape
+            for name in names:
+                out_shape = TRANSFORMS[name].output_shape(out_shape)
+        except GenomeError:
+            continue
+        if overflow_reason(names, distance, 1, 100, shape):
+            continue
+        checked += 1
+        for scale in SCALES:
+            x = (torch.randn(shape, generator=torch.Generator().manual_seed(checked)) * scale).requires_grad_(True)
+            y = torch.randn(shape, generator=torch.Generator().manual_seed(99)) * scale
+            ctx = OpContext(training=True, generator=torch.Generator().manual_seed(1))
+            s, t = x, y
+            for slot, name in enumerate(names):
+                ctx.share(slot, tuple(s.shape), tuple(t.shape))
+                s, t = TRANSFORMS[name](s, ctx), TRANSFORMS[name](t, ctx)
+            value = DISTANCES[distance](s, t).mean() * 100
+            value.backward()
+            assert torch.isfinite(value) and torch.isfinite(x.grad).all(), (names, distance, scale)

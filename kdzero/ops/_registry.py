@@ -75,6 +75,12 @@ class Op:
                     information (constant, or the input's signs at most: a softmax or normalisation over an
                     axis of length 1), "" elsewhere; validation rejects such a genome instead of paying for a
                     loss that cannot train the student.
+    bound:          (b, shape) -> a bound on |output| when every |input| entry is at most b, for an input of
+                    ``shape`` (distances: a bound on the per-sample value); None means the op never enlarges
+                    magnitudes (|output| <= max(b, 1)). Validation chains these to reject a genome that could
+                    overflow float32 (``kdzero.ops.checks.overflow_reason``).
+    squares:        the op squares its input internally (a norm, a variance, a Gram), so its input must stay
+                    below the square root of float32's range even when its output is small.
     """
 
     name: str
@@ -88,6 +94,8 @@ class Op:
     random: bool = False
     min_compare_len: int = 1
     degenerate: Callable[[Shape], str] | None = None
+    bound: Callable[[float, Shape], float] | None = None
+    squares: bool = False
     doc: str = field(default="", compare=False)
 
     def __call__(self, *args, **kwargs):

@@ -575,3 +575,27 @@ def test_context_draws_once_over_the_axes_both_sides_share():
     assert student.shape == (6, 1, 4, 4) and torch.equal(student, teacher)
     ctx.share(1, (6, 5, 4, 4), (6, 5, 4, 4))
     assert ctx.bernoulli((6, 5, 4, 4), 0.5, torch.device("cpu"), torch.float32).shape == (6, 5, 4, 4)
+
+
+@pytest.mark.parametrize("shape", ALL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", TRANSFORMS.names())
+def test_transform_output_stays_within_its_declared_magnitude_bound(name: str, shape: tuple[int, ...]):
+    """The bounds validation chains to reject float32 overflow (``Op.bound``; none = at most max(b, 1))."""
+    op = TRANSFORMS[name]
+    if len(shape) not in op.ranks or (op.degenerate is not None and op.degenerate(shape)):
+        return
+    base = _randn(*shape, seed=61)
+    for b in (0.5, 10.0, 1e4):
+        x = base / base.abs().max() * b
+        out = op(x.double(), OpContext(training=True, generator=torch.Generator().manual_seed(2)))
+        limit = op.bound(b, shape) if op.bound is not None else max(b, 1.0)
+        assert out.abs().max().item() <= limit * (1 + 1e-9), (name, shape, b)
+
+
+@pytest.mark.parametrize("name", DISTANCES.names())
+def test_distance_stays_within_its_declared_magnitude_bound(name: str):
+    for shape in ((5, 10), (4, 6, 9), (4, 8, 7, 7)):
+        s, t = _randn(*shape, seed=62).double(), _randn(*shape, seed=63).double()
+        for b in (0.5, 10.0, 1e4):
+            value = DISTANCES[name](s / s.abs().max() * b, -t / t.abs().max() * b)
+            assert value.abs().max().item() <= DISTANCES[name].bound(b, shape) * (1 + 1e-9), (name, shape, b)

@@ -21,6 +21,7 @@ from kdzero.genome import Genome, SearchSpace
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
 from kdzero.proxy import ProxyResult, ProxyTask, auto_group_size, evaluate
+from kdzero.search import rungs
 from kdzero.search import study as studies
 from kdzero.search.config import SearchConfig
 from kdzero.search.samplers import create_sampler
@@ -181,8 +182,9 @@ def remaining_trials(study: optuna.Study, budget: int) -> int:
 
 def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None,
                group_size: int | str | None = None) -> int:
-    """Evaluate trials until the study reaches its planned number of finished trials; returns how many this
-    worker evaluated. Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
+    """Evaluate trials until the study reaches its planned number of finished trials, then work on the higher
+    rungs (``kdzero.search.rungs``) until the top rung is complete; returns how many trainings this worker did.
+    Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
     observer = observer or SearchObserver()
     study, budget = run.study, int(run.study.user_attrs.get(studies.BUDGET_ATTR, run.config.trials))
     group_size = group_size or run.config.group_size
@@ -211,6 +213,9 @@ def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None
                     raise
             if studies.recover_dead_trials(study):
                 observer.log("re-queued the trials of a worker that died")
+    evaluated += rungs.run_rungs(study, task, budget, run.config.eta, run.config.max_steps,
+                                 group_size=group_size, observer=observer, on_step=observer.step,
+                                 log=observer.log)
     return evaluated
 
 

@@ -16,6 +16,8 @@ examples:
   kdzero leaderboard runs/digits --all --top 30        # rejected and failed trials too, with their reasons
   kdzero leaderboard runs/digits --sort val_acc        # any column: score, val_acc, val_ce, s_gap, seconds, ...
   kdzero leaderboard runs/digits --format csv -o board.csv
+  kdzero leaderboard runs/digits --rung 2              # the genomes promoted to rung 2, by their rung-2 score
+  kdzero leaderboard runs/digits --table confirmed --format json   # the confirmed table (kdzero confirm)
   kdzero leaderboard runs/digits --plot search.png     # score over trials and op frequencies (kdzero[plot])
   kdzero leaderboard --storage postgresql://user:pw@host/db --study c100
 
@@ -38,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--all", action="store_true", dest="include_all",
                         help="include rejected, failed and duplicate trials")
     parser.add_argument("--sort", metavar="COLUMN", help="order by this column (ascending, val_acc descending)")
+    parser.add_argument("--rung", type=int, metavar="R", default=0,
+                        help="the genomes promoted to rung R, with their rung-R results (default 0: the search)")
+    parser.add_argument("--table", choices=("population", "confirmed"), default="population",
+                        help="what --format csv/json writes: the population (default) or the confirmed table "
+                             "(the table format shows the confirmed table above the population)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of standard output")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -47,12 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the study, print or write the leaderboard, draw the plot if asked."""
-    from kdzero.leaderboard import arrange, baseline, frame, open_study, plot, rich_table
+    from kdzero.confirm import confirmed_table, stored_settings
+    from kdzero.leaderboard import arrange, baseline, confirmed_rich, frame, open_study, plot, rich_table
+    from kdzero.search.rungs import top_rung
 
     if args.run_path is None and (args.storage is None or args.study is None):
         raise ConfigError("give a run folder (kdzero leaderboard runs/NAME) or both --storage URL and --study NAME")
     study = open_study(args.run_path, storage=args.storage, study=args.study)
-    df_all = frame(study, include_all=True)
+    if args.rung < 0:
+        raise ConfigError(f"--rung must be >= 0, got {args.rung}")
+    df_all = frame(study, include_all=True, rung=args.rung)
+    if args.rung and df_all.empty:
+        raise ConfigError(f"rung {args.rung} holds no genome yet (the search promoted up to rung "
+                          f"{top_rung(study)})")
+    confirmed = confirmed_table(study)
     df = arrange(df_all if args.include_all else df_all[df_all["rank"].notna()].reset_index(drop=True),
                  top=args.top, sort=args.sort)
     name = args.run_path or args.study
@@ -60,16 +75,24 @@ def run(args: argparse.Namespace) -> int:
         path = plot(df_all, args.plot, top=args.top or 10, baseline=baseline(study), title=str(name))
         err_console.print(f"wrote plot {path}", highlight=False, markup=False)
     if args.format == "table":
-        title = f"leaderboard: {name} (lower score is better)"
-        table = rich_table(df, title=title, baseline=baseline(study))
+        title = f"leaderboard: {name} (lower score is better)" + (f", rung {args.rung}" if args.rung else "")
+        parts = [rich_table(df, title=title, baseline=None if args.rung else baseline(study))]
+        settings = stored_settings(study)
+        if not confirmed.empty:
+            subset = f"{settings.subset} labelled/class" if settings.subset else "all labelled images"
+            parts.insert(0, confirmed_rich(confirmed, title=f"confirmed: {name} (test top-1 %, {settings.seeds} "
+                                                            f"seeds x {settings.epochs} epochs, {subset})"))
         if args.output is None:
-            console.print(table)
+            for part in parts:
+                console.print(part)
         else:
             with _open(args.output) as handle:
-                Console(file=handle, width=160, color_system=None).print(table)
+                for part in parts:
+                    Console(file=handle, width=160, color_system=None).print(part)
     else:
-        text = df.to_csv(index=False) if args.format == "csv" else \
-            df.to_json(orient="records", indent=2, double_precision=15) + "\n"
+        shown = confirmed if args.table == "confirmed" else df
+        text = shown.to_csv(index=False) if args.format == "csv" else \
+            shown.to_json(orient="records", indent=2, double_precision=15) + "\n"
         if args.output is None:
             sys.stdout.write(text)
         else:

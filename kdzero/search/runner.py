@@ -55,19 +55,12 @@ def configure_torch(config: SearchConfig) -> None:
 def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, int], None] | None = None,
                device: str | None = None) -> ProxyTask:
     """Data, teacher (loaded, or trained once for digits) and student factory of a run, as a ProxyTask."""
-    from kdzero.train import ensure_teacher, load_data
+    from kdzero.train import load_data
 
     data = load_data(config.dataset, config.data_root, normalize=config.normalize)
     teacher = create_model(config.teacher, num_classes=data.num_classes, in_chans=data.in_chans)
     create_model(config.student, num_classes=data.num_classes, in_chans=data.in_chans)  # fail fast on a bad name
-    checkpoint = config.teacher_ckpt
-    if checkpoint is None:
-        if config.dataset != "digits":
-            raise ConfigError(f"--teacher-ckpt is required for dataset {config.dataset!r} (train one with "
-                              f"'kdzero train-teacher --model {config.teacher} --dataset {config.dataset}')")
-        log(f"built-in teacher: {config.teacher} on digits (trained once, kept in {config.run_dir / 'teacher'})")
-        checkpoint = ensure_teacher(config.teacher, data, root=config.run_dir / "teacher", progress=False, log=log)
-    load_checkpoint(teacher, checkpoint)
+    load_checkpoint(teacher, teacher_checkpoint(config, data, log))
     proxy_config = config.proxy
     proxy_config.device = device or config.device
     proxy_config.weights = config.score
@@ -76,6 +69,19 @@ def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, 
         raise ConfigError(f"device {proxy_config.device!r} requested but CUDA is not available; use --device cpu")
     factory = partial(create_model, config.student, num_classes=data.num_classes, in_chans=data.in_chans)
     return ProxyTask(teacher, factory, data, proxy_config, config.run_dir / "cache", log=log, progress=progress)
+
+
+def teacher_checkpoint(config: SearchConfig, data, log: Log = print):
+    """The run's teacher checkpoint: the configured one, or on digits the built-in teacher (trained once)."""
+    from kdzero.train import ensure_teacher
+
+    if config.teacher_ckpt is not None:
+        return config.teacher_ckpt
+    if config.dataset != "digits":
+        raise ConfigError(f"--teacher-ckpt is required for dataset {config.dataset!r} (train one with "
+                          f"'kdzero train-teacher --model {config.teacher} --dataset {config.dataset}')")
+    log(f"built-in teacher: {config.teacher} on digits (trained once, kept in {config.run_dir / 'teacher'})")
+    return ensure_teacher(config.teacher, data, root=config.run_dir / "teacher", progress=False, log=log)
 
 
 @dataclass

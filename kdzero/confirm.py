@@ -145,13 +145,14 @@ def _train(pair: Pair, entrant: Entrant, seed: int, settings: ConfirmSettings, o
 
 
 def confirm(study: optuna.Study, config: SearchConfig, settings: ConfirmSettings | None = None, log: Log = print,
-            pair: Pair | None = None) -> pd.DataFrame:
+            pair: Pair | None = None, people: list[Entrant] | None = None) -> pd.DataFrame:
     """Train every (distiller, seed) of the confirmation not yet done (claiming each), then return the
-    confirmed table. Other workers' claims are waited for; dead ones are taken over."""
+    confirmed table. Other workers' claims are waited for; dead ones are taken over. ``people`` replaces the
+    default entrants (``entrants(study, settings.top)``), e.g. to confirm a whole rung for a benchmark."""
     settings = settings or ConfirmSettings.from_config(config)
     if settings.top < 1:
         raise ConfigError("confirm needs at least one genome (--top / --confirm K >= 1)")
-    people = entrants(study, settings.top)
+    people = people or entrants(study, settings.top)
     if len(people) == len(CONFIRM_REFERENCES):
         raise ConfigError("the run has no complete genome to confirm yet; run the search first")
     study.set_user_attr(SETTINGS_ATTR, asdict(settings))

@@ -179,6 +179,8 @@ def _run_workers(config, devices: list[str], search, display) -> None:
     """Start one worker process per device and follow the shared study until they finish."""
     from optuna.trial import TrialState
 
+    from kdzero.search import rungs
+
     commands = [[sys.executable, "-m", "kdzero", "worker", "--storage", config.storage_url, "--study",
                  config.study_name, "--device", device, "--threads", str(config.threads), "--quiet"]
                 for device in devices]
@@ -196,6 +198,11 @@ def _run_workers(config, devices: list[str], search, display) -> None:
                                    trial.user_attrs.get("stage") if trial.state == TrialState.PRUNED else None)
             running = search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             display.current = [f"#{t.number} {t.user_attrs.get('worker', '')}" for t in running]
+            for rung in range(1, 1 + len(rungs.rung_steps(config.proxy.steps, config.eta, config.max_steps)) - 1):
+                entries = rungs.rung_entries(search.study, rung)
+                if entries:
+                    done = sum(e.get("state") == "done" for e in entries.values())
+                    display.current.append(f"rung {rung}: {done} of {len(entries)} claimed trainings done")
             if all(p.poll() is not None for p in procs):
                 break
             time.sleep(1.0)

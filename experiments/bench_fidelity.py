@@ -164,7 +164,7 @@ def main() -> None:
     rung_config = base.with_overrides({"name": f"{tag}-rungs", "iterations": args.iterations,
                                        "max_steps": args.max_steps})
     single_config = base.with_overrides({"name": f"{tag}-single", "iterations": trials_a - args.population,
-                                         "max_steps": None})
+                                         "max_steps": args.steps})
     run_b, cpu_b = run_search(rung_config)
     cache_b, cache_a = rung_config.run_dir / "cache", single_config.run_dir / "cache"
     if cache_b.is_dir() and not cache_a.exists():

@@ -440,7 +440,7 @@ def _signed(value, noise, verdict: str) -> str:
         return "-"
     value = round(float(value), 2) + 0.0  # no "-0.00"
     shown = f"{value:+.2f}" if noise is None or pd.isna(noise) else f"{value:+.2f} ±{noise:.2f}"
-    return f"{shown} noise" if verdict == "within noise" else shown
+    return f"{shown} noise" if verdict == "within noise" else f"{shown}      "  # numbers stay aligned
 
 
 @dataclass

@@ -199,7 +199,7 @@ def test_search_killed_during_promotion_and_confirmation_resumes_losing_and_repe
 
 
 def test_confirmed_numbers_are_the_trainings_real_test_accuracies_and_a_harmful_genome_ranks_below_kd(
-        tiny_run, tmp_path):
+        tiny_run, tmp_path, capsys):
     from kdzero.search import runner
     from kdzero.train import evaluate, load_data
 
@@ -228,3 +228,22 @@ def test_confirmed_numbers_are_the_trainings_real_test_accuracies_and_a_harmful_
     expected = (sum(claims.entries(run.study, f"kdzero_confirm:{settings.tag}:KD:{s}")
                     [f"kdzero_confirm:{settings.tag}:KD:{s}"]["last_acc"] for s in range(2)) / 2)
     assert rows.loc["KD", "last_mean"] == pytest.approx(expected)
+    # the leaderboard carries the confirmed table: above the population, and as CSV/JSON with --table confirmed
+    from kdzero.cli import main
+
+    assert main(["leaderboard", str(config.run_dir), "--table", "confirmed", "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["distiller"] for r in records] == list(table.distiller)
+    assert records[0]["last_mean"] == pytest.approx(table.last_mean.iloc[0])
+    assert main(["leaderboard", str(config.run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.index("confirmed:") < shown.index("leaderboard:")
+
+
+def test_confirm_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from kdzero.cli import main
+
+    assert main(["confirm", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().endswith("no config.json)")
+    assert main(["confirm", str(tmp_path / "nope"), "--top", "0"]) == 2
+    assert "--top must be at least 1, got 0" in capsys.readouterr().err

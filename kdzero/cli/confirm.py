@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from kdzero.confirm import ConfirmSettings, confirm
     from kdzero.leaderboard import open_study
 
+    if args.top is not None and args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
     config = load_run_config(args.run_path, {"confirm": args.top, "confirm_epochs": args.epochs,
                                              "confirm_subset": args.subset, "confirm_seeds": args.seeds,
                                              "device": args.device, "data_root": args.data_root,

@@ -125,21 +125,12 @@ def task_at(task: ProxyTask, steps: int) -> ProxyTask:
     return longer
 
 
-class RungObserver:
-    """Hooks of rung progress (the search's live display implements them)."""
-
-    def rung_started(self, rung: int, steps: int, genomes: int) -> None:
-        """Rung ``rung`` begins: ``genomes`` promoted genomes at ``steps`` proxy steps each."""
-
-    def rung_result(self, rung: int, candidate: Candidate, result: ProxyResult) -> None:
-        """This worker finished one (rung, genome)."""
-
-
 def run_rungs(study: optuna.Study, task: ProxyTask, budget: int, eta: int, max_steps: int | None,
-              group_size: int = 1, observer: object | None = None,
+              group_size: int = 1, observer=None,
               on_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] | None = None) -> int:
     """Work on the rungs above 0 until the top rung is complete; returns how many (rung, genome) this worker
-    trained. Waits (polling the storage) for rung 0 and for other workers' claims of a lower rung to finish."""
+    trained. ``observer`` (a ``runner.SearchObserver``) hears ``rung_started`` and ``rung_result``. Waits
+    (polling the storage) for rung 0 and for other workers' claims of a lower rung to finish."""
     plan = rung_steps(task.config.steps, eta, max_steps)
     trained = 0
     if len(plan) == 1:
@@ -159,7 +150,7 @@ def run_rungs(study: optuna.Study, task: ProxyTask, budget: int, eta: int, max_s
         candidates = promoted(study, rung, eta)
         if not candidates:
             break
-        if observer is not None and hasattr(observer, "rung_started"):
+        if observer is not None:
             observer.rung_started(rung, plan[rung], len(candidates))
         rung_task = task_at(task, plan[rung])
         trained += _baseline_at(study, rung, rung_task, beater, stepped)
@@ -190,7 +181,7 @@ def run_rungs(study: optuna.Study, task: ProxyTask, budget: int, eta: int, max_s
                 claims.finish(study, unit_name(rung, candidate.key),
                               {**result.to_dict(), "trial": candidate.trial, "key": candidate.key,
                                "rung": rung, "proxy_steps": plan[rung], "group_wall": wall})
-                if observer is not None and hasattr(observer, "rung_result"):
+                if observer is not None:
                     observer.rung_result(rung, candidate, result)
             beater.names.difference_update(names)
             trained += len(mine)

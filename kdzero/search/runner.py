@@ -45,6 +45,12 @@ class SearchObserver:
     def trial_finished(self, number: int, genome: Genome, result: ProxyResult, duplicate_of: int | None) -> None:
         """A trial was told its result."""
 
+    def rung_started(self, rung: int, steps: int, genomes: int) -> None:
+        """Rung ``rung`` begins: ``genomes`` promoted genomes at ``steps`` proxy steps each."""
+
+    def rung_result(self, rung: int, candidate: rungs.Candidate, result: ProxyResult) -> None:
+        """This worker finished one promoted genome of rung ``rung``."""
+
 
 def configure_torch(config: SearchConfig) -> None:
     """Intra-op threads for this process: small students gain nothing from more than one per worker on a

@@ -3,7 +3,8 @@
     import kdzero
     df = kdzero.leaderboard("runs/digits")          # best first; rejected genomes with include_all=True
 
-Columns (``COLUMNS``): rank (1 = best, complete genomes only), trial, genome, score (lower is better),
+Columns (``COLUMNS``): rank (1 = best, complete genomes only), trial, rung (the highest rung the genome
+reached; ``frame(study, rung=R)`` lists rung R's genomes with their rung-R results), genome, score (lower is better),
 val_acc, val_ce, s_gap, cka_gap, state (complete, rejected, failed, running, waiting), stage and reason (why a
 genome was rejected), seconds (compute spent on the trial), origin (preset, retry, sampler), duplicate_of (a
 trial whose result was reused instead of training again), key (canonical key).
@@ -29,7 +30,7 @@ from rich.text import Text
 
 from kdzero.errors import ConfigError, KdzeroError, suggest
 
-COLUMNS = ("rank", "trial", "genome", "score", "val_acc", "val_ce", "s_gap", "cka_gap", "state", "stage",
+COLUMNS = ("rank", "trial", "rung", "genome", "score", "val_acc", "val_ce", "s_gap", "cka_gap", "state", "stage",
            "reason", "seconds", "origin", "duplicate_of", "key")
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "rejected", TrialState.FAIL: "failed",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
@@ -77,14 +78,18 @@ def open_study(run: str | Path | None = None, *, storage: str | None = None, stu
         raise ConfigError(f"cannot read study {study!r}: {str(exc).splitlines()[0]}") from None
 
 
-def frame(study, include_all: bool = False) -> pd.DataFrame:
+def frame(study, include_all: bool = False, rung: int = 0) -> pd.DataFrame:
     """The study's trials as a DataFrame with ``COLUMNS``, best first; rejected/failed rows only with
-    ``include_all``. Duplicates (reused results) are listed only with ``include_all`` too. A student-search
-    study gives its students instead (``kdzero.student_leaderboard.STUDENT_COLUMNS``)."""
+    ``include_all``. Duplicates (reused results) are listed only with ``include_all`` too. ``rung`` >= 1: the
+    genomes promoted to that rung, with their results there (``kdzero.search.rungs``). A student-search study gives
+    its students instead (``kdzero.student_leaderboard.STUDENT_COLUMNS``)."""
     from kdzero.student_leaderboard import is_student_search, student_frame
 
     if is_student_search(study):
         return student_frame(study)
+    reached = _rungs_reached(study)
+    if rung:
+        return _rung_frame(study, rung, reached, include_all)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
@@ -99,7 +104,8 @@ def frame(study, include_all: bool = False) -> pd.DataFrame:
                 genome = None
         value = trial.value if trial.state == TrialState.COMPLETE else None
         rows.append({
-            "trial": trial.number, "genome": genome, "score": value,
+            "trial": trial.number, "rung": reached.get(attrs.get("key"), 0) if value is not None else None,
+            "genome": genome, "score": value,
             "val_acc": attrs.get("val_acc") if trial.state == TrialState.COMPLETE else None,
             "val_ce": attrs.get("val_ce"), "s_gap": attrs.get("s_gap"), "cka_gap": attrs.get("cka_gap"),
             "state": STATE_NAMES.get(trial.state, trial.state.name.lower()),
@@ -119,6 +125,53 @@ def frame(study, include_all: bool = False) -> pd.DataFrame:
         df = complete
     df["rank"] = df["rank"].astype("Int64")
     df["duplicate_of"] = df["duplicate_of"].astype("Int64")
+    df["rung"] = df["rung"].astype("Int64")
+    return df[list(COLUMNS)].reset_index(drop=True)
+
+
+def _rungs_reached(study) -> dict[str, int]:
+    """The highest rung with a finished result, by genome key."""
+    from kdzero.search import rungs
+
+    reached: dict[str, int] = {}
+    rung = 1
+    while True:
+        entries = rungs.rung_entries(study, rung)
+        if not entries:
+            return reached
+        for key, entry in entries.items():
+            if entry.get("state") == "done" and key != rungs.BASELINE_KEY:
+                reached[key] = rung
+        rung += 1
+
+
+def _rung_frame(study, rung: int, reached: dict[str, int], include_all: bool) -> pd.DataFrame:
+    """Rung ``rung``'s genomes with their results there, best first (``COLUMNS``)."""
+    from kdzero.search import rungs
+
+    rows = []
+    for key, entry in rungs.rung_entries(study, rung).items():
+        if key == rungs.BASELINE_KEY:
+            continue
+        done = entry.get("state") == "done"
+        complete = done and entry.get("status") == "complete"
+        rows.append({"trial": entry.get("trial"), "rung": reached.get(key, rung), "genome": entry.get("genome"),
+                     "score": entry.get("score") if complete else None,
+                     "val_acc": entry.get("val_acc") if complete else None, "val_ce": entry.get("val_ce"),
+                     "s_gap": entry.get("s_gap"), "cka_gap": entry.get("cka_gap"),
+                     "state": ("complete" if complete else "rejected") if done else "running",
+                     "stage": entry.get("stage") or "", "reason": entry.get("reason") or "",
+                     "seconds": entry.get("seconds"), "origin": f"rung {rung}", "duplicate_of": None, "key": key})
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
+    df = df.astype({"score": float, "val_acc": float, "val_ce": float, "s_gap": float, "cka_gap": float,
+                    "seconds": float})
+    complete = df[df.state == "complete"].sort_values(["score", "trial"])
+    complete = complete.assign(rank=range(1, len(complete) + 1))
+    rest = df.drop(complete.index).sort_values("trial").assign(rank=pd.NA) if include_all else df.iloc[0:0]
+    df = pd.concat([complete, rest]) if len(rest) else complete
+    df["rank"] = df["rank"].astype("Int64")
+    for column in ("duplicate_of", "rung", "trial"):
+        df[column] = df[column].astype("Int64")
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
@@ -211,7 +264,8 @@ class LeaderboardTable:
     styles: list[str]
     title: str
     baseline_row: bool = False
-    drop_order: tuple[str, ...] = field(default=("trial", "s", "CKA-gap", "S-gap", "CE", "state", "reason", "acc %"))
+    drop_order: tuple[str, ...] = field(default=("trial", "rung", "s", "CKA-gap", "S-gap", "CE", "state", "reason",
+                                                 "acc %"))
     name_column: str = "genome"  # the column of names (genome or student text) that never wraps when it fits
 
     def fitted_columns(self, width: int) -> list[_Column]:
@@ -330,6 +384,8 @@ def rich_table(df: pd.DataFrame, title: str = "leaderboard", baseline: dict | No
         _Column("CKA-gap", [_fmt(r.cka_gap, 3) for r in rows]),
         _Column("s", [_fmt(r.seconds, 1) for r in rows]),
     ]
+    if any(not pd.isna(r.rung) and r.rung > 0 for r in rows):
+        columns.insert(2, _Column("rung", [_fmt(r.rung) for r in rows]))
     if others:
         columns.insert(-1, _Column("state", [r.state for r in rows], justify="left"))
         columns.insert(-1, _Column("reason", [reason(r) for r in rows], justify="left", max_width=40))
@@ -339,7 +395,7 @@ def rich_table(df: pd.DataFrame, title: str = "leaderboard", baseline: dict | No
         reference = {"rank": "", "trial": "", "genome": "CE-only baseline", "score": _fmt(baseline.get("score")),
                      "acc %": _acc(baseline.get("val_acc")), "CE": _fmt(baseline.get("val_ce"), 3),
                      "S-gap": _fmt(baseline.get("s_gap"), 3), "CKA-gap": _fmt(baseline.get("cka_gap"), 3),
-                     "state": "reference", "reason": "", "s": _fmt(baseline.get("seconds"), 1)}
+                     "state": "reference", "reason": "", "s": _fmt(baseline.get("seconds"), 1), "rung": ""}
         for column in columns:
             column.cells.append(reference[column.header])
         styles.append("italic")
@@ -438,6 +494,60 @@ def plot(df_all: pd.DataFrame, path: str | Path, top: int = 10, baseline: dict |
 
 __all__ = ["COLUMNS", "LeaderboardTable", "arrange", "baseline", "frame", "genome_at", "load_leaderboard",
            "op_frequencies", "open_study", "plot", "preset_names", "rich_table", "with_baseline"]
+
+
+def _signed(value, noise, verdict: str) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    value = round(float(value), 2) + 0.0  # no "-0.00"
+    shown = f"{value:+.2f}" if noise is None or pd.isna(noise) else f"{value:+.2f} ±{noise:.2f}"
+    return f"{shown} noise" if verdict == "within noise" else f"{shown}      "  # numbers stay aligned
+
+
+@dataclass
+class ConfirmedTable:
+    """The confirmed table (``kdzero.confirm.confirmed_table``) as a rich renderable, winner first: last-epoch
+    test top-1 mean ± std over seeds, gains over KD and CE-only with their noise bound (2 pooled standard errors;
+    "noise" marks a gain within it), the best epoch's top-1, and the distiller. A narrow console drops the best
+    epoch column first, then the trial/rung note; the distiller text folds rather than vanish."""
+
+    df: pd.DataFrame
+    title: str = "confirmed"
+
+    def _table(self, best: bool, origin: bool) -> Table:
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, padding=(0, 1))
+        headers = ["rank", "top-1 %", "vs KD", "vs CE-only"] + (["best %"] if best else []) + ["distiller"]
+        for header in headers:
+            table.add_column(header, justify="left" if header == "distiller" else "right",
+                             no_wrap=header != "distiller", overflow="fold", min_width=12 if header == "distiller"
+                             else None)
+        for row in self.df.itertuples(index=False):
+            name = row.distiller
+            if origin and row.kind != "reference":
+                name = f"{name} (trial {row.trial}, rung {row.rung})"
+            cells = ["" if pd.isna(row.rank) else str(row.rank),
+                     "failed" if pd.isna(row.last_mean) else f"{row.last_mean:.2f} ± {_fmt(row.last_std, 2)}",
+                     "" if row.distiller == "KD" else _signed(row.gain_kd, row.noise_kd, row.vs_kd),
+                     "" if row.distiller == "CE-only" else _signed(row.gain_ce, row.noise_ce, row.vs_ce)]
+            if best:
+                cells.append("-" if pd.isna(row.best_mean) else f"{row.best_mean:.2f} (ep {row.best_epoch:.0f})")
+            table.add_row(*cells, escape(name),
+                          style="green" if row.rank == 1 else "italic" if row.kind == "reference" else "")
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        names = max([len(str(d)) for d in self.df.distiller] + [9])
+        best, origin = width >= 92 + names, width >= 112 + names
+        yield self._table(best=best, origin=origin)
+        yield Text("gains are last-epoch mean differences ± 2 pooled standard errors of the seed noise; "
+                   "'noise': the gain does not exceed that bound", style="dim")
+
+
+def confirmed_rich(df: pd.DataFrame, title: str = "confirmed") -> ConfirmedTable:
+    """The confirmed table as a renderable that fits its console (``ConfirmedTable``)."""
+    return ConfirmedTable(df, title)
 
 
 class _CallableModule(types.ModuleType):

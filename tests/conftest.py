@@ -29,7 +29,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
-    """A random-init digits teacher checkpoint and a TOML config with a tiny proxy budget."""
+    """A random-init digits teacher checkpoint and a TOML config with a tiny proxy budget (one rung, no
+    confirmation: the rung and confirmation tests turn them on with --max-steps and --confirm)."""
     from kdzero.models import create_model
 
     folder = tmp_path_factory.mktemp("search")
@@ -45,6 +46,8 @@ student = "resnet8"
 population = 4
 iterations = 6
 presets = false
+max_steps = 12
+confirm = 0
 [proxy]
 steps = 12
 batch_size = 32

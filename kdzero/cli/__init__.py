@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "genome",
     "evaluate",
     "search",
+    "confirm",
     "worker",
     "leaderboard",
     "replay",

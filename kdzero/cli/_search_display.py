@@ -1,4 +1,5 @@
-"""The live view of a running search: trial progress with ETA, best so far, current genomes, rejections."""
+"""The live view of a running search: trial progress with ETA, rung progress, best so far, current genomes,
+rejections."""
 from __future__ import annotations
 
 import time
@@ -30,7 +31,9 @@ class LiveSearchDisplay(SearchObserver):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
         self.trials = self.progress.add_task("trials", total=total, completed=done)
+        self.rung_bar = self.progress.add_task("rung", total=1, visible=False)
         self.steps = self.progress.add_task("proxy steps", total=1, visible=False)
+        self.rung_best: tuple[int, float, str] | None = None
         self.best: tuple[float, str, int] | None = None
         self.baseline: float | None = None
         self.current: list[str] = []
@@ -61,6 +64,9 @@ class LiveSearchDisplay(SearchObserver):
             info.add_row("best", f"{self.best[0]:.4f}  {escape(self.best[1])}  (trial {self.best[2]})")
         if self.baseline is not None:
             info.add_row("CE-only", f"{self.baseline:.4f}")
+        if self.rung_best is not None:
+            rung, score, genome = self.rung_best
+            info.add_row(f"rung {rung}", f"{score:.4f}  {escape(genome)}")
         for genome in self.current[:4]:
             info.add_row("now", escape(genome))
         if self.rejections:
@@ -102,12 +108,25 @@ class LiveSearchDisplay(SearchObserver):
         self.record(number, str(genome), result.score, result.stage if result.rejected else None,
                     seconds=result.seconds, duplicate_of=duplicate_of, rung=getattr(result, "rung", None))
 
-    def record(self, number: int, genome: str, score: float | None, rejected_stage: str | None,
-               seconds: float | None = None, duplicate_of: int | None = None, rung=None) -> None:
-        """Account for one finished trial (also used when polling a multi-worker study): the best so far, the
-        rejection counts, and its plain line (printed off a terminal or with --quiet; always in search.log)."""
-        line = trial_line(number, genome, score, seconds, stage=rejected_stage, duplicate_of=duplicate_of,
-                          rung=rung)
+    def rung_started(self, rung: int, steps: int, genomes: int) -> None:
+        """A rung begins: its own progress bar (genomes promoted) below the trials'."""
+        self.progress.reset(self.rung_bar, total=genomes, visible=True,
+                            description=f"rung {rung} ({steps} steps)")
+        self.rung_best = None
+        self.log(f"rung {rung}: the best {genomes} genomes, {steps} proxy steps each")
+
+    def rung_result(self, rung: int, candidate, result: ProxyResult) -> None:
+        """One promoted genome finished its rung."""
+        self.progress.advance(self.rung_bar)
+        self.plain_line(trial_line(candidate.trial, candidate.genome, result.score, result.seconds,
+                                   stage=result.stage if result.rejected else None, rung=rung))
+        if not result.rejected and (self.rung_best is None or result.score < self.rung_best[1]):
+            self.rung_best = (rung, result.score, candidate.genome)
+        self.refresh()
+
+    def plain_line(self, line: str) -> None:
+        """One finished trial or rung result as a plain line: always in search.log, and printed off a terminal
+        or with --quiet."""
         if self.run_log is not None:
             self.run_log.write(line)
         if self.plain_lines:
@@ -115,6 +134,13 @@ class LiveSearchDisplay(SearchObserver):
                 self.live.console.print(line, highlight=False, markup=False, soft_wrap=True)
             else:
                 console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def record(self, number: int, genome: str, score: float | None, rejected_stage: str | None,
+               seconds: float | None = None, duplicate_of: int | None = None, rung=None) -> None:
+        """Account for one finished trial (also used when polling a multi-worker study): the best so far, the
+        rejection counts, and its plain line (printed off a terminal or with --quiet; always in search.log)."""
+        self.plain_line(trial_line(number, genome, score, seconds, stage=rejected_stage, duplicate_of=duplicate_of,
+                                   rung=rung))
         if rejected_stage is not None:
             self.rejections[rejected_stage.replace("_", " ")] += 1
         elif score is not None and (self.best is None or score < self.best[0]):

@@ -17,7 +17,9 @@ examples:
   kdzero leaderboard runs/digits --all --top 30        # rejected and failed trials too, with their reasons
   kdzero leaderboard runs/digits --sort val_acc        # any column: score, val_acc, val_ce, s_gap, seconds, ...
   kdzero leaderboard runs/digits --format csv -o board.csv
-  kdzero leaderboard runs/digits --json                # rows plus the run's metadata and pair, one object
+  kdzero leaderboard runs/digits --json                # rows plus the run's metadata, pair and confirmed table
+  kdzero leaderboard runs/digits --rung 2              # the genomes promoted to rung 2, by their rung-2 score
+  kdzero leaderboard runs/digits --table confirmed --format json   # the confirmed table (kdzero confirm)
   kdzero leaderboard runs/digits --plot search.png     # score over trials and op frequencies (kdzero[plot])
   kdzero leaderboard --storage postgresql://user:pw@host/db --study c100
   kdzero leaderboard runs/diswot-resnet20-digits       # a student search: students by DisWOT, params, FLOPs
@@ -41,11 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--all", action="store_true", dest="include_all",
                         help="include rejected, failed and duplicate trials")
     parser.add_argument("--sort", metavar="COLUMN", help="order by this column (ascending, val_acc descending)")
+    parser.add_argument("--rung", type=int, metavar="R", default=0,
+                        help="the genomes promoted to rung R, with their rung-R results (default 0: the search)")
+    parser.add_argument("--table", choices=("population", "confirmed"), default="population",
+                        help="what --format csv/json writes: the population (default) or the confirmed table "
+                             "(the table format shows the confirmed table above the population)")
     parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="output format (default table); csv and json end with the CE-only baseline row")
+                        help="output format (default table); the population's csv and json end with the CE-only "
+                             "baseline row")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object: the run's metadata (run.json), its pair (pair.json), the CE-only "
-                             "baseline and the rows")
+                             "baseline, the confirmed table and the rows")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of standard output")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the score over trials and the op frequencies of the top K (default 10)")
@@ -54,13 +62,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the study, print or write the leaderboard, draw the plot if asked."""
-    from kdzero.leaderboard import arrange, baseline, frame, open_study, plot, rich_table, with_baseline
+    from kdzero.confirm import confirmed_table, stored_settings
+    from kdzero.leaderboard import arrange, baseline, confirmed_rich, frame, open_study, plot, rich_table, with_baseline
+    from kdzero.search.rungs import top_rung
     from kdzero.student_leaderboard import is_student_search, student_plot, student_table
 
     if args.run_path is None and (args.storage is None or args.study is None):
         raise ConfigError("give a run folder (kdzero leaderboard runs/NAME) or both --storage URL and --study NAME")
     study = open_study(args.run_path, storage=args.storage, study=args.study)
-    df_all = frame(study, include_all=True)
+    if args.rung < 0:
+        raise ConfigError(f"--rung must be >= 0, got {args.rung}")
+    df_all = frame(study, include_all=True, rung=args.rung)
+    if args.rung and df_all.empty:
+        raise ConfigError(f"rung {args.rung} holds no genome yet (the search promoted up to rung "
+                          f"{top_rung(study)})")
+    confirmed = confirmed_table(study)
     df = arrange(df_all if args.include_all else df_all[df_all["rank"].notna()].reset_index(drop=True),
                  top=args.top, sort=args.sort)
     name = args.run_path or args.study
@@ -70,20 +86,30 @@ def run(args: argparse.Namespace) -> int:
                 plot(df_all, args.plot, top=args.top or 10, baseline=baseline(study), title=str(name)))
         err_console.print(f"wrote plot {path}", highlight=False, markup=False)
     if args.json:
-        _write(args.output, json.dumps(_document(args, name, study, df), indent=2, default=str) + "\n")
+        document = _document(args, name, study, df)
+        document["confirmed"] = json.loads(confirmed.to_json(orient="records", double_precision=15))
+        _write(args.output, json.dumps(document, indent=2, default=str) + "\n")
     elif args.format == "table":
         if students:
-            table = student_table(df, title=f"students: {name} (DisWOT, higher is better)")
+            parts = [student_table(df, title=f"students: {name} (DisWOT, higher is better)")]
         else:
-            title = f"leaderboard: {name}{_pair_text(args.run_path)} (lower score is better)"
-            table = rich_table(df, title=title, baseline=baseline(study))
+            title = (f"leaderboard: {name}{_pair_text(args.run_path)} (lower score is better)"
+                     + (f", rung {args.rung}" if args.rung else ""))
+            parts = [rich_table(df, title=title, baseline=None if args.rung else baseline(study))]
+        if not confirmed.empty:
+            settings = stored_settings(study)
+            subset = f"{settings.subset} labelled/class" if settings.subset else "all labelled images"
+            parts.insert(0, confirmed_rich(confirmed, title=f"confirmed: {name} (test top-1 %, {settings.seeds} "
+                                                            f"seeds x {settings.epochs} epochs, {subset})"))
         if args.output is None:
-            console.print(table)
+            for part in parts:
+                console.print(part)
         else:
             with _open(args.output) as handle:
-                Console(file=handle, width=160, color_system=None).print(table)
+                for part in parts:
+                    Console(file=handle, width=160, color_system=None).print(part)
     else:
-        rows = with_baseline(df, baseline(study))
+        rows = confirmed if args.table == "confirmed" else with_baseline(df, None if args.rung else baseline(study))
         _write(args.output, rows.to_csv(index=False) if args.format == "csv" else
                rows.to_json(orient="records", indent=2, double_precision=15) + "\n")
     if args.output is not None:

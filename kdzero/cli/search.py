@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--sampler", help="evolution (KD-Zero, default), tpe, random, grid, ga")
     g.add_argument("--space", help="shrunk (default: one op family per slot), full, or kd-grid")
     g.add_argument("--population", type=int, help="population size P (default 12; the paper uses 20)")
-    g.add_argument("--iterations", type=int, help="evolution iterations T (default 28; the paper uses 100)")
+    g.add_argument("--iterations", type=int, help="evolution iterations T (default 18; the paper uses 100)")
     g.add_argument("--no-adaptive-shrink", dest="adaptive_shrink", action="store_false", default=None,
                    help="keep ops whose genomes keep failing")
     g.add_argument("--no-guided", dest="guided", action="store_false", default=None,
@@ -85,6 +85,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--bf16", action="store_true", default=None, dest="proxy.bf16",
                    help="bf16 autocast of the proxy students' forward: CUDA, or a CPU with AMX "
                         "(dense CNNs 2-3.5x faster there; MobileNet/ShuffleNet slower)")
+    g = p.add_argument_group("rungs and confirmation")
+    g.add_argument("--eta", type=int, help="each rung keeps the best 1/eta and trains them eta times longer (3)")
+    g.add_argument("--max-steps", type=int, dest="max_steps", metavar="N",
+                   help="proxy steps of the top rung (default 360; <= --steps: a single rung)")
+    g.add_argument("--confirm", type=int, metavar="K",
+                   help="after the search, train the top K genomes, KD, DKD and CE-only for real (default 3; 0: no)")
+    g.add_argument("--confirm-epochs", type=int, dest="confirm_epochs", metavar="E",
+                   help="epochs per confirmation training (default: 30 on digits, 240 otherwise)")
+    g.add_argument("--confirm-subset", type=int, dest="confirm_subset", metavar="N",
+                   help="labelled training images per class in confirmation (default: the proxy's)")
+    g.add_argument("--confirm-seeds", type=int, dest="confirm_seeds", metavar="S",
+                   help="seeds per confirmed distiller (default 2)")
     g = p.add_argument_group("execution")
     add_run_options(g)
     g.add_argument("--devices", help="comma-separated devices, one per worker (e.g. cuda:0,cuda:1)")
@@ -161,6 +173,22 @@ def run(args: argparse.Namespace) -> int:
     console.print(rich_table(df.head(args.top), title=f"leaderboard: {config.name} (lower score is better)",
                              baseline=baseline.to_dict()))
     _summary(df, baseline, time.monotonic() - start, config)
+    if config.confirm > 0 and not df.empty:
+        from kdzero.cli.confirm import print_confirmed
+        from kdzero.confirm import ConfirmSettings, confirm
+
+        settings = ConfirmSettings.from_config(config)
+        console.print(f"confirming the top {settings.top} genomes of the highest rung beside CE-only, KD and DKD: "
+                      f"{settings.seeds} seeds x {settings.epochs} epochs each", highlight=False)
+        try:
+            table = confirm(search.study, config, settings, log=lambda m: console.print(m, markup=False,
+                                                                                         highlight=False))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]: finished trainings are saved; re-run the same command "
+                          "(or kdzero confirm RUN) to resume")
+            return 130
+        print_confirmed(table, config.name, settings)
+        console.print(f"total {time.monotonic() - start:.0f} s", highlight=False)
     return 0
 
 
@@ -173,6 +201,8 @@ def _trial_seconds(study) -> float:
 def _run_workers(config, devices: list[str], search, display) -> None:
     """Start one worker process per device and follow the shared study until they finish."""
     from optuna.trial import TrialState
+
+    from kdzero.search import rungs
 
     commands = [[sys.executable, "-m", "kdzero", "worker", "--storage", config.storage_url, "--study",
                  config.study_name, "--device", device, "--threads", str(config.threads), "--quiet"]
@@ -194,6 +224,11 @@ def _run_workers(config, devices: list[str], search, display) -> None:
                                    rung=trial.user_attrs.get("rung"))
             running = search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             display.current = [f"#{t.number} {t.user_attrs.get('worker', '')}" for t in running]
+            for rung in range(1, 1 + len(rungs.rung_steps(config.proxy.steps, config.eta, config.max_steps)) - 1):
+                entries = rungs.rung_entries(search.study, rung)
+                if entries:
+                    done = sum(e.get("state") == "done" for e in entries.values())
+                    display.current.append(f"rung {rung}: {done} of {len(entries)} claimed trainings done")
             if all(p.poll() is not None for p in procs):
                 break
             time.sleep(1.0)

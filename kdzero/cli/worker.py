@@ -50,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
             outcome = f"rejected ({result.stage}: {result.reason})" if result.rejected else f"score {result.score:.4f}"
             log(f"trial {number} {genome}: {outcome}")
 
+        def rung_started(self, rung, steps, genomes) -> None:
+            log(f"rung {rung}: the best {genomes} genomes, {steps} proxy steps each")
+
+        def rung_result(self, rung, candidate, result) -> None:
+            outcome = f"rejected ({result.stage}: {result.reason})" if result.rejected else f"score {result.score:.4f}"
+            log(f"rung {rung} trial {candidate.trial} {candidate.genome}: {outcome}")
+
     count = runner.run_worker(search, task, Printer())
     log(f"worker done: evaluated {count} genomes")
     return 0

@@ -55,7 +55,7 @@ class SearchConfig:
     teacher_ckpt: str | None = None
     student: str = "resnet8"
     population: int = 12
-    iterations: int = 28
+    iterations: int = 18
     sampler: str = "evolution"
     space: str = "shrunk"
     adaptive_shrink: bool = True
@@ -70,8 +70,17 @@ class SearchConfig:
     storage: str | None = None
     study: str | None = None
     runs_dir: str = "runs"
-    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(steps=120, num_views=2))
+    # The digits demo is label-poor: 30 labelled images per class (300) under a teacher trained on all of them,
+    # where distillation has room to help (issue #20: CE-only 97.1 +- 0.5, KD 98.3 +- 0.9 over 3 seeds).
+    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(steps=120, num_views=2, train_subset=30))
     score: ScoreWeights = field(default_factory=ScoreWeights)
+    # Multi-fidelity and confirmation (kdzero.search.rungs, kdzero.confirm).
+    eta: int = 3  # each rung keeps the best 1/eta of the one below and trains them eta times longer
+    max_steps: int | None = 360  # proxy steps of the top rung (None or <= proxy.steps: a single rung)
+    confirm: int = 3  # top-K genomes of the highest rung confirmed by full trainings after the search (0: none)
+    confirm_epochs: int | None = None  # None: the dataset's replay default (30 on digits, 240 otherwise)
+    confirm_subset: int | None = None  # labelled images per class in confirmation (None: the proxy's subset)
+    confirm_seeds: int = 2
 
     @property
     def trials(self) -> int:
@@ -238,6 +247,16 @@ def _check_values(config: SearchConfig, source: str) -> None:
         raise ConfigError(f"{source}: group_size must be a positive integer or 'auto', got {config.group_size!r}")
     for name in ("population", "threads", "workers") + (("group_size",) if isinstance(config.group_size, int) else ()):
         if getattr(config, name) < 1:
+            raise ConfigError(f"{source}: {name} must be >= 1, got {getattr(config, name)}")
+    if config.eta < 2:
+        raise ConfigError(f"{source}: eta must be >= 2, got {config.eta}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(f"{source}: max_steps must be >= 1, got {config.max_steps}")
+    if config.confirm < 0 or config.confirm_seeds < 1:
+        raise ConfigError(f"{source}: confirm must be >= 0 and confirm_seeds >= 1, got {config.confirm} and "
+                          f"{config.confirm_seeds}")
+    for name in ("confirm_epochs", "confirm_subset"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{source}: {name} must be >= 1, got {getattr(config, name)}")
     if config.population < 2:
         raise ConfigError(f"{source}: population must be >= 2, got {config.population}")

@@ -23,7 +23,7 @@ from kdzero.genome import Genome, SearchSpace
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
 from kdzero.proxy import ProxyResult, ProxyTask, auto_group_size, evaluate
-from kdzero.search import record
+from kdzero.search import record, rungs
 from kdzero.search import study as studies
 from kdzero.search.config import SearchConfig
 from kdzero.search.evolution import ShapeCheck
@@ -49,6 +49,12 @@ class SearchObserver:
     def trial_finished(self, number: int, genome: Genome, result: ProxyResult, duplicate_of: int | None) -> None:
         """A trial was told its result."""
 
+    def rung_started(self, rung: int, steps: int, genomes: int) -> None:
+        """Rung ``rung`` begins: ``genomes`` promoted genomes at ``steps`` proxy steps each."""
+
+    def rung_result(self, rung: int, candidate: rungs.Candidate, result: ProxyResult) -> None:
+        """This worker finished one promoted genome of rung ``rung``."""
+
 
 def configure_torch(config: SearchConfig) -> None:
     """Intra-op threads for this process: small students gain nothing from more than one per worker on a
@@ -64,7 +70,7 @@ def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, 
     data = load_data(config.dataset, config.data_root, normalize=config.normalize)
     teacher = create_model(config.teacher, num_classes=data.num_classes, in_chans=data.in_chans)
     create_model(config.student, num_classes=data.num_classes, in_chans=data.in_chans)  # fail fast on a bad name
-    checkpoint = _teacher_checkpoint(config, data, log)
+    checkpoint = teacher_checkpoint(config, data, log)
     load_checkpoint(teacher, checkpoint)
     proxy_config = config.proxy
     proxy_config.device = device or config.device
@@ -78,8 +84,8 @@ def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, 
     return task
 
 
-def _teacher_checkpoint(config: SearchConfig, data, log: Log):
-    """The run's teacher checkpoint: the given file, or on digits the built-in teacher (trained once)."""
+def teacher_checkpoint(config: SearchConfig, data, log: Log = print):
+    """The run's teacher checkpoint: the configured one, or on digits the built-in teacher (trained once)."""
     from kdzero.train import ensure_teacher
 
     if config.teacher_ckpt is not None:
@@ -172,7 +178,7 @@ def discard_run(config: SearchConfig) -> None:
 
 def run_pair(config: SearchConfig, task: ProxyTask) -> record.RunPair:
     """The resolved pair of a CLI run (what ``pair.json`` stores), from its config and loaded task."""
-    checkpoint = _teacher_checkpoint(config, task.data, log=lambda message: None)
+    checkpoint = teacher_checkpoint(config, task.data, log=lambda message: None)
     path = Path(checkpoint).resolve()
     proxy = {k: getattr(task.config, k) for k in ("steps", "batch_size", "num_views", "train_subset", "lr")}
     return record.RunPair(
@@ -245,8 +251,9 @@ def remaining_trials(study: optuna.Study, budget: int) -> int:
 
 def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None,
                group_size: int | str | None = None) -> int:
-    """Evaluate trials until the study reaches its planned number of finished trials; returns how many this
-    worker evaluated. Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
+    """Evaluate trials until the study reaches its planned number of finished trials, then work on the higher
+    rungs (``kdzero.search.rungs``) until the top rung is complete; returns how many trainings this worker did.
+    Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
     observer = observer or SearchObserver()
     study, budget = run.study, int(run.study.user_attrs.get(studies.BUDGET_ATTR, run.config.trials))
     group_size = group_size or run.config.group_size
@@ -275,6 +282,9 @@ def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None
                     raise
             if studies.recover_dead_trials(study):
                 observer.log("re-queued the trials of a worker that died")
+    evaluated += rungs.run_rungs(study, task, budget, run.config.eta, run.config.max_steps,
+                                 group_size=group_size, observer=observer, on_step=observer.step,
+                                 log=observer.log)
     return evaluated
 
 

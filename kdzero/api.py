@@ -103,40 +103,40 @@ def _data(train_data: Any, test_data: Any, normalize: str):
     return data
 
 
-class _Observer:
-    """Plain per-trial lines into ``search.log`` (and through ``log`` when given)."""
+def _observer(run_log, log: Callable[[str], None] | None):
+    """A search observer writing plain per-trial and per-rung lines into ``search.log`` (and through ``log``)."""
+    from kdzero.search.record import trial_line
+    from kdzero.search.runner import SearchObserver
 
-    def __init__(self, run_log, log: Callable[[str], None] | None) -> None:
-        self.run_log, self.echo = run_log, log
+    class PlainLines(SearchObserver):
+        def log(self, message: str) -> None:
+            run_log.write(message)
+            if log is not None:
+                log(message)
 
-    def log(self, message: str) -> None:
-        self.run_log.write(message)
-        if self.echo is not None:
-            self.echo(message)
+        def trial_finished(self, number, genome, result, duplicate_of) -> None:
+            self.log(trial_line(number, str(genome), result.score, result.seconds,
+                                stage=result.stage if result.rejected else None, duplicate_of=duplicate_of))
 
-    def trials_started(self, numbers, genomes) -> None:
-        """Nothing to show before a trial ends."""
+        def rung_result(self, rung, candidate, result) -> None:
+            self.log(trial_line(candidate.trial, candidate.genome, result.score, result.seconds,
+                                stage=result.stage if result.rejected else None, rung=rung))
 
-    def step(self, step: int, total: int) -> None:
-        """No per-step display in the API."""
-
-    def trial_finished(self, number, genome, result, duplicate_of) -> None:
-        from kdzero.search.record import trial_line
-
-        self.log(trial_line(number, str(genome), result.score, result.seconds,
-                            stage=result.stage if result.rejected else None, duplicate_of=duplicate_of,
-                            rung=getattr(result, "rung", None)))
+    return PlainLines()
 
 
 def search(teacher: nn.Module, student: Student, train_data: Any, test_data: Any = None, *,
            name: str = "search", runs_dir: str | Path = "runs", population: int = 12, iterations: int = 28,
            steps: int = 120, batch_size: int = 64, num_views: int = 2, train_subset: int | None = None,
            sampler: str = "evolution", space: str = "shrunk", seed: int = 0, device: str = "cpu",
-           normalize: str = "dataset", presets: bool = True, fresh: bool = False,
-           log: Callable[[str], None] | None = None, **proxy_options: Any) -> SearchResult:
+           normalize: str = "dataset", presets: bool = True, fresh: bool = False, eta: int = 3,
+           max_steps: int | None = None, log: Callable[[str], None] | None = None,
+           **proxy_options: Any) -> SearchResult:
     """Search distillers for ``teacher`` -> ``student`` on the given data; see the module docstring.
 
     ``population``/``iterations``/``sampler``/``space``/``seed`` mean what they mean for ``kdzero search``;
+    ``max_steps`` (with ``eta``) adds rungs of successive halving after the search, as ``--max-steps`` does (None:
+    one rung, the proxy's ``steps``);
     ``steps``, ``batch_size``, ``num_views``, ``train_subset`` and ``proxy_options`` (any other ``ProxyConfig``
     field) set the proxy budget. ``log`` receives progress lines (``print`` shows them); every line also goes
     to ``runs_dir/name/search.log``.
@@ -157,6 +157,7 @@ def search(teacher: nn.Module, student: Student, train_data: Any, test_data: Any
     config = SearchConfig.from_dict({"name": name, "runs_dir": str(runs_dir), "population": population,
                                      "iterations": iterations, "sampler": sampler, "space": space, "seed": seed,
                                      "device": device, "normalize": normalize, "presets": presets,
+                                     "eta": eta, "max_steps": max_steps, "confirm": 0,
                                      "dataset": f"python:{data.name}", "teacher": _label(teacher),
                                      "student": _label(student)}, source="kdzero.search")
     config.proxy = replace(proxy, device=device, weights=config.score, seed=seed)
@@ -176,7 +177,7 @@ def search(teacher: nn.Module, student: Student, train_data: Any, test_data: Any
         teacher_shapes={k: list(v) for k, v in task.teacher_shapes.items()},
         proxy={k: getattr(config.proxy, k) for k in ("steps", "batch_size", "num_views", "train_subset", "lr")})
     record.save_pair(config.run_dir, pair)
-    observer = _Observer(record.RunLog(config.run_dir), log)
+    observer = _observer(record.RunLog(config.run_dir), log)
     record.start_session(config.run_dir, device)
     try:
         baseline = runner.ensure_baseline(run, task, observer)

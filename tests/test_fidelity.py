@@ -228,6 +228,17 @@ def test_confirmed_numbers_are_the_trainings_real_test_accuracies_and_a_harmful_
     expected = (sum(claims.entries(run.study, f"kdzero_confirm:{settings.tag}:KD:{s}")
                     [f"kdzero_confirm:{settings.tag}:KD:{s}"]["last_acc"] for s in range(2)) / 2)
     assert rows.loc["KD", "last_mean"] == pytest.approx(expected)
+    # the strongest hand-made reference (KD, DKD, KD+LS, DKD+LS: all trained) is the bar every row is measured by
+    hand = rows.loc[["KD", "DKD", "KD+LS", "DKD+LS"], "last_mean"]
+    assert set(table.best_reference) == {hand.idxmax()}
+    for _, row in rows.iterrows():
+        assert row.gain_best == pytest.approx(row.last_mean - hand.max())
+    from kdzero.cli.confirm import hand_made_verdict
+
+    top = table[table.kind == "searched"].iloc[0]
+    assert hand_made_verdict(table) == (
+        f"best hand-made: {hand.idxmax()} {hand.max():.2f} ± {rows.loc[hand.idxmax(), 'last_std']:.2f}; best found: "
+        f"{top.distiller} {top.gain_best:+.2f} ± {top.noise_best:.2f}, {top.vs_best}")
     # the leaderboard carries the confirmed table: above the population, and as CSV/JSON with --table confirmed
     from kdzero.cli import main
 

@@ -92,6 +92,21 @@ def print_confirmed(table, name: str, settings) -> None:
         gains = [g for g in gains if g]
         console.print(f"confirmed winner: {best.distiller} at {best.last_mean:.2f}%"
                       + (f" ({'; '.join(gains)})" if gains else ""), highlight=False, markup=False)
+    verdict = hand_made_verdict(table)
+    if verdict:
+        console.print(verdict, highlight=False, markup=False)
+
+
+def hand_made_verdict(table) -> str:
+    """``best hand-made: DKD+LS 72.30 ± 0.20; best found: GENOME +0.40 ± 0.30, within noise``: the best searched
+    genome against the strongest hand-made reference of the run (empty when either is missing)."""
+    reference = table[table.distiller == table.best_reference.iloc[0]] if len(table) else table
+    found = table[(table.kind == "searched") & table["rank"].notna()]
+    if reference.empty or found.empty:
+        return ""
+    ref, top = reference.iloc[0], found.iloc[0]
+    return (f"best hand-made: {ref.distiller} {ref.last_mean:.2f} ± {ref.last_std:.2f}; best found: {top.distiller} "
+            f"{top.gain_best:+.2f} ± {top.noise_best:.2f}, {top.vs_best}")
 
 
 def _gain(value, note: str, reference: str) -> str:

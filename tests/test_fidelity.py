@@ -258,3 +258,15 @@ def test_confirm_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("no config.json)")
     assert main(["confirm", str(tmp_path / "nope"), "--top", "0"]) == 2
     assert "--top must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_label_poor_subset_is_the_digits_demos_and_no_default_for_other_data():
+    from kdzero.cli import build_parser
+    from kdzero.cli.search import resolve_config
+
+    def resolved(*argv: str):
+        return resolve_config(build_parser().parse_args(["search", *argv]))
+
+    assert resolved().proxy.train_subset == 30  # the demo: 300 labelled digits
+    assert resolved("--dataset", "cifar10").proxy.train_subset is None  # a user's data: every labelled image
+    assert resolved("--dataset", "cifar10", "--train-subset", "50").proxy.train_subset == 50

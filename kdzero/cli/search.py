@@ -118,6 +118,8 @@ def resolve_config(args: argparse.Namespace, base=None):
     config = load_config(args.config) if args.config else (base or SearchConfig())
     overrides = {key: value for key, value in vars(args).items()
                  if key in SearchConfig.__dataclass_fields__ or key.startswith("proxy.")}
+    if not args.config and base is None and overrides.get("dataset") not in (None, "digits"):
+        config.proxy.train_subset = None  # the label-poor subset is the digits demo's, not a default for user data
     overrides.pop("proxy", None)
     if args.devices:
         overrides["devices"] = [d.strip() for d in args.devices.split(",") if d.strip()]

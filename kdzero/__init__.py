@@ -38,6 +38,14 @@ def replay(run, rank: int = 1, **options):
     return run_replay(run, rank, **options)
 
 
+def confirm(run, **options):
+    """Train a run's top genomes and the classical references for real over seeds; the confirmed table (see
+    ``kdzero.api.confirm``)."""
+    from kdzero.api import confirm as run_confirm
+
+    return run_confirm(run, **options)
+
+
 __all__ = [
     "PRESETS",
     "Features",
@@ -47,6 +55,7 @@ __all__ = [
     "SearchSpace",
     "UnifiedLoss",
     "__version__",
+    "confirm",
     "leaderboard",
     "replay",
     "search",

@@ -5,6 +5,7 @@
     result.leaderboard          # pandas DataFrame, best first
     result.best                 # the best Genome
     result.loss                 # a ready UnifiedLoss for your own training loop (connectors sized)
+    table = kdzero.confirm(result.run_dir, teacher=teacher, student=student, train_data=(images, labels))
     trained = kdzero.replay(result.run_dir, teacher=teacher, student=student, train_data=(images, labels))
 
 ``teacher`` is any classifier ``nn.Module`` (adapted with ``wrap_model`` when it does not return ``Features``);
@@ -13,7 +14,8 @@ same weights (a copy of the module, or the factory called under the run's seed).
 ``DataLoader`` or ``(images, labels)`` tensors of unnormalised images (``kdzero.user_data``). A run lives in
 ``runs_dir/name`` like a CLI run; calling ``search`` again with the same name resumes or extends it, and it is
 refused, as on the command line, when the teacher, student, data or scoring budget differ (``fresh=True``
-starts it again). Confirmation of top genomes joins these functions as ``kdzero.confirm`` (issue #20).
+starts it again). ``confirm`` trains the run's top genomes beside CE-only, KD, DKD, KD+LS and DKD+LS over seeds
+and returns the confirmed table, as ``kdzero confirm RUN`` does.
 """
 from __future__ import annotations
 
@@ -253,6 +255,49 @@ def replay(run: str | Path, rank: int = 1, *, teacher: nn.Module | None = None, 
     result = train_model(model, data, config, teacher=teacher_model, distill_loss=loss, run_dir=out_dir,
                          progress=progress)
     return Replayed(student=model, result=result, genome=genome)
+
+
+def confirm(run: str | Path, *, top: int | None = None, epochs: int | None = None, subset: int | None = None,
+            seeds: int | None = None, device: str | None = None, teacher: nn.Module | None = None,
+            student: Student | None = None, train_data: Any = None, test_data: Any = None,
+            log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Confirm search ``run``: train its top genomes and the classical references (CE-only, KD, DKD, KD+LS,
+    DKD+LS) for real over seeds, as ``kdzero confirm`` does, and return the confirmed table (winner first; see
+    ``kdzero.confirm.confirmed_table``). Finished trainings are stored in the run and never repeated.
+
+    A run made by the command line rebuilds its pair; a run made by ``kdzero.search`` needs the same
+    ``teacher``, ``student`` and ``train_data``/``test_data`` again (other teacher weights are refused).
+    ``top``/``epochs``/``subset``/``seeds``/``device`` default to the run's own settings.
+    """
+    from kdzero.confirm import ConfirmSettings, Pair, run_config
+    from kdzero.confirm import confirm as confirm_run
+    from kdzero.data import proxy_subset
+    from kdzero.leaderboard import open_study
+    from kdzero.search.record import run_pair
+    from kdzero.teacher_cache import _state_digest
+
+    config = run_config(run, {"confirm": top, "confirm_epochs": epochs, "confirm_subset": subset,
+                              "confirm_seeds": seeds, "device": device})
+    if config.confirm == 0:
+        config = config.with_overrides({"confirm": 3})
+    settings = ConfirmSettings.from_config(config)
+    pair = None
+    if teacher is not None or student is not None or train_data is not None:
+        if teacher is None or student is None or train_data is None:
+            raise ConfigError("pass all of teacher=, student= and train_data=, or none of them (a CLI run's own pair)")
+        recorded = run_pair(run)
+        data = _data(train_data, test_data, recorded.normalize)
+        if recorded.dataset.startswith("python:") and recorded.dataset != f"python:{data.name}":
+            raise ConfigError(f"train_data/test_data differ from the data run {run} was searched on")
+        teacher_model = _features_model(copy.deepcopy(teacher))
+        if recorded.teacher_weights is not None and _state_digest(teacher_model) != recorded.teacher_weights:
+            raise ConfigError(f"teacher's weights differ from those run {run} was searched with; pass the same "
+                              "teacher")
+        if settings.subset is not None:
+            data = replace(data, train=proxy_subset(data.train, per_class=settings.subset, seed=config.seed))
+        pair = Pair(data=data, teacher=teacher_model, student=recorded.student, device=config.device,
+                    factory=_student_factory(student))
+    return confirm_run(open_study(run), config, settings, log=log or (lambda _m: None), pair=pair)
 
 
 def _new_dir(base: Path) -> Path:

@@ -20,9 +20,12 @@ gain is **beyond noise** when ``|g| > 2 se`` (about a 95% two-sided test), else 
 """
 from __future__ import annotations
 
+import json
 import math
 import re
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -107,19 +110,51 @@ def unit_name(settings: ConfirmSettings, entrant: Entrant, seed: int) -> str:
 
 @dataclass
 class Pair:
-    """The run's data (labelled subset applied), teacher and student name: what every confirmation trains."""
+    """The run's data (labelled subset applied), teacher and student: what every confirmation trains. The student
+    is built by ``factory`` when given (a run searched on Python objects), else by name from the zoo or a spec."""
 
     data: DatasetSplits
     teacher: torch.nn.Module
     student: str
     device: str
+    factory: Callable[[], torch.nn.Module] | None = None
+
+    def new_student(self) -> torch.nn.Module:
+        """A fresh student (the caller seeds the RNG)."""
+        if self.factory is not None:
+            return self.factory()
+        return create_model(self.student, num_classes=self.data.num_classes, in_chans=self.data.in_chans)
+
+
+def run_config(run_path: str | Path, overrides: dict):
+    """The saved config of a run folder with ``overrides`` applied."""
+    saved = Path(run_path) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"no search run at {run_path} (no config.json)")
+    try:
+        data = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{saved} is corrupt") from None
+    data["runs_dir"] = str(Path(run_path).parent)
+    data["study"] = data.get("study") or data.get("name")  # the folder may have been moved or renamed
+    data["name"] = Path(run_path).name
+    return SearchConfig.from_dict(data, source=str(saved)).with_overrides(overrides)
 
 
 def load_pair(config: SearchConfig, settings: ConfirmSettings, log: Log = print) -> Pair:
     """Build the pair from the run's saved config: its dataset, teacher checkpoint (the built-in one on digits)
-    and student."""
+    and student. A teacher checkpoint whose bytes changed since the search recorded it is refused; a run searched
+    on Python objects cannot be rebuilt from its folder (``kdzero.confirm`` takes the objects again)."""
+    from kdzero.search.record import load_pair as recorded_pair
     from kdzero.search.runner import teacher_checkpoint
 
+    recorded = recorded_pair(config.run_dir)
+    if recorded is not None:
+        if recorded.from_python:
+            raise ConfigError(f"run {config.run_dir} was searched on Python objects: confirm it with "
+                              "kdzero.confirm(run, teacher=, student=, train_data=, test_data=)")
+        if config.teacher_ckpt == recorded.teacher_ckpt:
+            recorded.check_teacher()
     data = load_data(config.dataset, config.data_root, normalize=config.normalize)
     if settings.subset is not None:
         data = replace(data, train=proxy_subset(data.train, per_class=settings.subset, seed=config.seed))
@@ -131,7 +166,7 @@ def load_pair(config: SearchConfig, settings: ConfirmSettings, log: Log = print)
 def _train(pair: Pair, entrant: Entrant, seed: int, settings: ConfirmSettings, out: Path) -> dict:
     """One training of the confirmation; returns its stored result (test top-1 in %)."""
     torch.manual_seed(seed)
-    model = create_model(pair.student, num_classes=pair.data.num_classes, in_chans=pair.data.in_chans)
+    model = pair.new_student()
     loss = None
     if entrant.genome is not None or entrant.method is not None:
         loss = build_distiller(model, pair.teacher, pair.data, genome=entrant.genome, method=entrant.method)
@@ -284,3 +319,17 @@ def winner(table: pd.DataFrame) -> pd.Series | None:
     """The confirmed winner: the best last-epoch mean (None for an empty table)."""
     ranked = table[table["rank"].notna()]
     return None if ranked.empty else ranked.iloc[0]
+
+
+class _CallableConfirm(types.ModuleType):
+    """``kdzero.confirm`` names both this module and the public function ``kdzero.confirm(run, ...)``; importing
+    the module rebinds the package attribute, so the module itself is callable and delegates to
+    ``kdzero.api.confirm`` (imported at call time: this floor does not depend on the API above it)."""
+
+    def __call__(self, run, **options) -> pd.DataFrame:
+        from kdzero.api import confirm as confirm_run
+
+        return confirm_run(run, **options)
+
+
+sys.modules[__name__].__class__ = _CallableConfirm

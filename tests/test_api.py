@@ -117,3 +117,22 @@ def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch):
     result = namespace["result"]
     assert result.run_dir == Path("runs/python-demo") and list(result.leaderboard["rank"])[:2] == [1, 2]
     assert result.best is not None and os.path.isfile(result.run_dir / "search.log")
+
+
+def test_confirm_trains_the_runs_pair_beside_the_references_and_repeats_nothing(api_run, capsys):
+    run_dir = api_run["result"].run_dir
+    objects = dict(teacher=api_run["teacher"], student=api_run["student"], train_data=_data())
+    with pytest.raises(ConfigError, match="searched on Python objects"):
+        kdzero.confirm(run_dir, top=1, epochs=1, seeds=2)  # its pair cannot be rebuilt from the folder
+    table = kdzero.confirm(run_dir, top=1, epochs=1, seeds=2, **objects)
+    assert set(table.distiller) == {str(api_run["result"].best), "CE-only", "KD", "DKD", "KD+LS", "DKD+LS"}
+    assert (table.seeds == 2).all() and table.last_mean.between(0, 100).all()
+    assert list(table["rank"]) == list(range(1, 7))  # winner first
+    logged: list[str] = []
+    again = kdzero.confirm(run_dir, top=1, epochs=1, seeds=2, log=logged.append, **objects)
+    assert logged == [] and again.last_mean.tolist() == table.last_mean.tolist()  # stored: nothing trained twice
+    other = _teacher()
+    with torch.no_grad():
+        other[0].weight.add_(1.0)
+    with pytest.raises(ConfigError, match="teacher's weights differ"):
+        kdzero.confirm(run_dir, top=1, epochs=1, seeds=2, **{**objects, "teacher": other})

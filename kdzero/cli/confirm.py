@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from kdzero.cli._display import console
 from kdzero.errors import ConfigError
@@ -39,31 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_run_config(run_path: str | Path, overrides: dict):
-    """The saved config of a run folder with ``overrides`` applied."""
-    from kdzero.search.config import SearchConfig
-
-    saved = Path(run_path) / "config.json"
-    if not saved.is_file():
-        raise ConfigError(f"no search run at {run_path} (no config.json)")
-    try:
-        data = json.loads(saved.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{saved} is corrupt") from None
-    data["runs_dir"] = str(Path(run_path).parent)
-    data["study"] = data.get("study") or data.get("name")  # the folder may have been moved or renamed
-    data["name"] = Path(run_path).name
-    return SearchConfig.from_dict(data, source=str(saved)).with_overrides(overrides)
-
-
 def run(args: argparse.Namespace) -> int:
     """Confirm the run and print the confirmed table."""
-    from kdzero.confirm import ConfirmSettings, confirm
+    from kdzero.confirm import ConfirmSettings, confirm, run_config
     from kdzero.leaderboard import open_study
 
     if args.top is not None and args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
-    config = load_run_config(args.run_path, {"confirm": args.top, "confirm_epochs": args.epochs,
+    config = run_config(args.run_path, {"confirm": args.top, "confirm_epochs": args.epochs,
                                              "confirm_subset": args.subset, "confirm_seeds": args.seeds,
                                              "device": args.device, "data_root": args.data_root,
                                              "teacher_ckpt": args.teacher_ckpt})

@@ -20,10 +20,11 @@ the confirmed table above the population.
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``confirm`` sub-command."""
     p = subparsers.add_parser(
-        "confirm", help="train a run's top genomes, KD, DKD and CE-only for real over seeds; the confirmed winner",
-        description="Train the top-K genomes of the run's highest rung, plus CE-only, KD and DKD, on the run's own "
-                    "pair (its dataset, teacher checkpoint and student) over several seeds, and print mean ± std "
-                    "of test top-1 with the gains over KD and CE-only and whether they exceed the seed noise.",
+        "confirm", help="train a run's top genomes and the hand-made references for real over seeds; the winner",
+        description="Train the top-K genomes of the run's highest rung, plus CE-only, KD, DKD, KD+LS and DKD+LS, "
+                    "on the run's own pair (its dataset, teacher checkpoint and student) over several seeds, and "
+                    "print mean ± std of test top-1 with the gains over KD, over the strongest hand-made reference "
+                    "and over CE-only, and whether they exceed the seed noise.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_path", metavar="RUN", help="a search run folder (runs/NAME)")
     p.add_argument("--top", type=int, metavar="K", help="genomes to confirm (default: the run's confirm, 3)")

@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-steps", type=int, dest="max_steps", metavar="N",
                    help="proxy steps of the top rung (default 360; <= --steps: a single rung)")
     g.add_argument("--confirm", type=int, metavar="K",
-                   help="after the search, train the top K genomes, KD, DKD and CE-only for real (default 3; 0: no)")
+                   help="after the search, train the top K genomes and the references (CE-only, KD, DKD, KD+LS, "
+                        "DKD+LS) for real (default 3; 0: no)")
     g.add_argument("--confirm-epochs", type=int, dest="confirm_epochs", metavar="E",
                    help="epochs per confirmation training (default: 30 on digits, 240 otherwise)")
     g.add_argument("--confirm-subset", type=int, dest="confirm_subset", metavar="N",

@@ -156,10 +156,12 @@ def load_pair(config: SearchConfig, settings: ConfirmSettings, log: Log = print)
         if config.teacher_ckpt == recorded.teacher_ckpt:
             recorded.check_teacher()
     data = load_data(config.dataset, config.data_root, normalize=config.normalize)
+    create_model(config.student, num_classes=data.num_classes, in_chans=data.in_chans)
+    # The teacher the search used: resolved on the whole training split (a built-in teacher is keyed by what it
+    # was trained on), before the confirmation's labelled subset is taken for the students.
+    teacher = load_teacher(config.teacher, teacher_checkpoint(config, data, log), data)
     if settings.subset is not None:
         data = replace(data, train=proxy_subset(data.train, per_class=settings.subset, seed=config.seed))
-    create_model(config.student, num_classes=data.num_classes, in_chans=data.in_chans)
-    teacher = load_teacher(config.teacher, teacher_checkpoint(config, data, log), data)
     return Pair(data=data, teacher=teacher, student=config.student, device=config.device)
 
 

@@ -332,7 +332,7 @@ def preset_names() -> dict[str, str]:
     """Canonical key -> upper-case preset name (KD, AT, SP, ...), to name the classical distillers in a table."""
     from kdzero.presets import PRESETS
 
-    return {genome.key: name.upper() for name, genome in PRESETS.items()}
+    return {genome.key: name.upper().replace("_", "+") for name, genome in PRESETS.items()}  # kd_ls -> KD+LS
 
 
 def _with_preset_name(genome: str | None, key: str | None) -> str:

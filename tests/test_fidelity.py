@@ -270,3 +270,23 @@ def test_the_label_poor_subset_is_the_digits_demos_and_no_default_for_other_data
     assert resolved().proxy.train_subset == 30  # the demo: 300 labelled digits
     assert resolved("--dataset", "cifar10").proxy.train_subset is None  # a user's data: every labelled image
     assert resolved("--dataset", "cifar10", "--train-subset", "50").proxy.train_subset == 50
+
+
+def test_confirmation_resolves_the_searchs_teacher_on_the_whole_training_split(tiny_run, tmp_path, monkeypatch):
+    """The labelled subset is the students'; the teacher is the one the search used, found (or, on digits,
+    trained once) on the whole split: resolving it on the subset trained a second, weak teacher."""
+    from kdzero import confirm as confirming
+    from kdzero.search import runner
+    from kdzero.train import load_data
+
+    seen: list[int] = []
+
+    def teacher_checkpoint(config, data, log=print):
+        seen.append(len(data.train))
+        return config.teacher_ckpt
+
+    monkeypatch.setattr(runner, "teacher_checkpoint", teacher_checkpoint)
+    config = load_config(tiny_run["config"]).with_overrides({"runs_dir": str(tmp_path), "name": "teacher"})
+    pair = confirming.load_pair(config, ConfirmSettings(top=1, epochs=1, subset=5, seeds=1), log=lambda _m: None)
+    assert seen == [len(load_data("digits").train)]
+    assert len(pair.data.train) == 5 * 10

@@ -181,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
         from kdzero.confirm import ConfirmSettings, confirm
 
         settings = ConfirmSettings.from_config(config)
-        console.print(f"confirming the top {settings.top} genomes of the highest rung beside CE-only, KD and DKD: "
-                      f"{settings.seeds} seeds x {settings.epochs} epochs each", highlight=False)
+        console.print(f"confirming the top {settings.top} genomes of the highest rung beside CE-only, KD, DKD, "
+                      f"KD+LS and DKD+LS: {settings.seeds} seeds x {settings.epochs} epochs each", highlight=False)
         try:
             table = confirm(search.study, config, settings, log=lambda m: console.print(m, markup=False,
                                                                                          highlight=False))

@@ -3,7 +3,8 @@
 A student-search study holds one COMPLETE trial per distinct architecture, valued ``-DisWOT`` (lower is better,
 the kdzero convention), with the architecture text and its cost in the trial's user attrs. Its leaderboard is
 about students, not distillers: the name column is ``student`` and the columns are the DisWOT score (higher is
-better), its relation and semantic terms, parameters and FLOPs.
+better), its relation and semantic terms, parameters, FLOPs and, once the verdict trained it
+(``kdzero.student_confirm``), the student's mean test top-1 after KD.
 
     import kdzero
     df = kdzero.leaderboard("runs/diswot-resnet20-digits")     # a student search: STUDENT_COLUMNS
@@ -17,9 +18,10 @@ from optuna.trial import TrialState
 
 from kdzero.diswot import CONFIG_ATTR, format_count
 from kdzero.errors import ConfigError, KdzeroError
+from kdzero.student_confirm import stored_verdict
 
-STUDENT_COLUMNS = ("rank", "trial", "student", "diswot", "relation", "semantic", "params", "flops", "seconds",
-                   "origin", "parent")
+STUDENT_COLUMNS = ("rank", "trial", "student", "diswot", "relation", "semantic", "params", "flops", "top1",
+                   "seconds", "origin", "parent")
 
 
 def is_student_search(study) -> bool:
@@ -38,9 +40,11 @@ def student_frame(study) -> pd.DataFrame:
                      "relation": attrs.get("relation"), "semantic": attrs.get("semantic"),
                      "params": attrs.get("params"), "flops": attrs.get("flops"), "seconds": attrs.get("seconds"),
                      "origin": attrs.get("origin"), "parent": attrs.get("parent")})
-    df = pd.DataFrame(rows, columns=[c for c in STUDENT_COLUMNS if c != "rank"])
+    df = pd.DataFrame(rows, columns=[c for c in STUDENT_COLUMNS if c not in ("rank", "top1")])
     df = df.astype({"diswot": float, "relation": float, "semantic": float, "seconds": float})
     df = df.astype({"params": "Int64", "flops": "Int64"})
+    verdict = stored_verdict(study)
+    df["top1"] = df.student.map(dict(zip(verdict.student, verdict.last_mean))).astype(float)
     df = df.sort_values(["diswot", "trial"], ascending=[False, True], kind="stable")
     df.insert(0, "rank", pd.array(range(1, len(df) + 1), dtype="Int64"))
     return df[list(STUDENT_COLUMNS)].reset_index(drop=True)
@@ -61,11 +65,12 @@ def student_table(df: pd.DataFrame, title: str):
         _Column("semantic", [_fmt(r.semantic, 5) for r in rows]),
         _Column("params", [_count(r.params) for r in rows]),
         _Column("FLOPs", [_count(r.flops) for r in rows]),
+        _Column("top-1 %", ["-" if pd.isna(r.top1) else f"{r.top1:.2f}" for r in rows]),
         _Column("s", [_fmt(r.seconds, 2) for r in rows]),
     ]
     styles = ["green" if r.rank == 1 else "" for r in rows]
     return LeaderboardTable(columns, styles, title, name_column="student",
-                            drop_order=("trial", "s", "relation", "semantic"))
+                            drop_order=("trial", "s", "relation", "semantic", "top-1 %"))
 
 
 def _count(value) -> str:

@@ -281,3 +281,38 @@ def test_student_search_leaderboard_is_headed_student_plots_and_never_wraps_a_na
     assert list(table["params"]) == sorted(table["params"])
     assert main(["replay", "runs/s", "--rank", "1"]) == 2
     assert "is a student search" in capsys.readouterr().err
+
+
+def test_student_search_ends_with_a_verdict_of_students_distilled_over_seeds(tiny_run, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The top students, the hand pick (largest standard ResNet within the budget) and the largest student, each
+    distilled with KD over two seeds; the stored results are the table's, and a rerun trains nothing again."""
+    from kdzero.leaderboard import load_leaderboard as kdzero_leaderboard
+    from kdzero.leaderboard import open_study
+    from kdzero.search import claims
+    from kdzero.student_confirm import PREFIX, stored_verdict
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = tiny_run["folder"] / "teacher.pt"  # a resnet8 teacher: at 1x its cost, resnet8 is the hand pick
+    argv = ["student-search", "--teacher", "resnet8", "--teacher-ckpt", str(ckpt), "--budget-params", "1x",
+            "--budget-flops", "1x", "--population", "3", "--cycles", "1", "--name", "v", "--no-progress",
+            "--confirm", "1", "--confirm-epochs", "1", "--confirm-seeds", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    study = open_study(tmp_path / "runs" / "v")
+    table = stored_verdict(study)
+    roles = dict(zip(table.student, table.role))
+    assert roles["resnet8"].endswith("hand pick") and any("DisWOT #1" in r for r in roles.values())
+    assert any("largest" in r for r in roles.values()) and (table.seeds == 2).all()
+    done = claims.entries(study, PREFIX)
+    assert len(done) == 2 * len(table)
+    for row in table.itertuples():
+        accs = [e["last_acc"] for e in done.values() if e["student"] == row.student]
+        assert row.last_mean == pytest.approx(sum(accs) / 2)
+    assert "verdict: students for" in out
+    assert "over the hand pick resnet8 (" in out or "DisWOT's pick is the hand pick, resnet8" in out
+    board = kdzero_leaderboard(tmp_path / "runs" / "v")  # the leaderboard shows the confirmed top-1
+    top = board.iloc[0]
+    assert top.top1 == pytest.approx(table.set_index("student").loc[top.student, "last_mean"])
+    assert main(argv) == 0  # the same command again: everything stored, nothing trained twice
+    assert claims.entries(open_study(tmp_path / "runs" / "v"), PREFIX) == done

@@ -5,7 +5,9 @@ import argparse
 import re
 import shlex
 
+from rich import box
 from rich.markup import escape
+from rich.table import Table
 
 from kdzero.cli._display import console, err_console
 from kdzero.cli.train_teacher import log_line, set_threads
@@ -15,8 +17,9 @@ from kdzero.errors import ConfigError
 EPILOG = """\
 examples:
   kdzero student-search
-      digits: trains its resnet20 teacher once (runs/teachers/), then 20 + 100 students in about a minute,
-      each at most half the teacher's parameters and half its FLOPs (the default budget, 0.5x)
+      digits: trains its resnet20 teacher once (runs/teachers/), scores 20 + 100 students in about a minute,
+      each at most half the teacher's parameters and half its FLOPs (the default budget, 0.5x), then the
+      verdict: the top 3, the hand pick and the largest student distilled with KD, 2 seeds each
   kdzero student-search --budget-params 0.1M --budget-flops 0.25x
       an absolute parameter bound and a quarter of the teacher's FLOPs
   kdzero student-search --teacher resnet56a --teacher-ckpt resnet56-4bfd9763.th --budget-params 0.3M \\
@@ -70,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     data.add_argument("--threads", type=int, metavar="N", help="CPU threads (default 1 on digits)")
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
+    verdict = parser.add_argument_group("verdict (students distilled for real)")
+    verdict.add_argument("--confirm", type=int, default=3, metavar="K",
+                         help="after the search, distil the top K students, the hand pick (largest standard ResNet "
+                              "within the budget) and the largest student with KD over seeds (default 3; 0: no)")
+    verdict.add_argument("--confirm-epochs", type=int, metavar="E",
+                         help="epochs per training (default: the dataset's replay default, 30 on digits)")
+    verdict.add_argument("--confirm-seeds", type=int, default=2, metavar="S", help="seeds per student (default 2)")
     parser.set_defaults(func=run)
 
 
@@ -132,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
                                              "(DisWOT, higher is better)"))
     console.print(f"{result.scored} students scored ({len(result.history)} births); leaderboard: "
                   f"kdzero leaderboard {escape(shlex.quote(str(run_dir)))}", highlight=False)
+    if args.confirm > 0:
+        _confirm(search, budget, data, teacher, teacher_name, args)
     note = ""
     if args.random_teacher:
         note = " (the search used a random teacher; replay distils from a trained one"
@@ -171,3 +183,62 @@ def _search(search, args: argparse.Namespace):
             bar.update(task, advance=1, info=escape(f"best {best[0]:.5f}  last {member.arch}"))
 
         return search.run(population=args.population, cycles=args.cycles, sample=args.sample, on_birth=on_birth)
+
+
+def _confirm(search, budget, data, teacher, teacher_name: str, args: argparse.Namespace) -> None:
+    """Distil the top students, the hand pick and the largest student with KD over seeds; print the verdict."""
+    from kdzero.confirm import ConfirmSettings
+    from kdzero.student_confirm import confirm_students, hand_pick, student_entrants
+    from kdzero.student_leaderboard import student_frame
+    from kdzero.train import TrainConfig
+
+    if args.random_teacher:
+        console.print("no verdict: a random teacher distils nothing (give --teacher-ckpt, or leave both out on "
+                      "digits, to distil the students for real)", highlight=False)
+        return
+    for name in ("confirm_epochs", "confirm_seeds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    epochs = args.confirm_epochs or TrainConfig.for_dataset(teacher_name, data.name).epochs
+    settings = ConfirmSettings(top=args.confirm, epochs=epochs, subset=None, seeds=args.confirm_seeds)
+    entrants = student_entrants(student_frame(search.study), args.confirm, hand_pick(budget, data))
+    console.print(f"distilling {len(entrants)} students with KD from {teacher_name}: {settings.seeds} seeds x "
+                  f"{settings.epochs} epochs each", highlight=False)
+    log = (lambda _m: None) if args.no_progress else (lambda m: err_console.print(m, markup=False, highlight=False))
+    table = confirm_students(search.study, entrants, data, teacher, settings, search.run_dir, device=args.device,
+                             log=log)
+    console.print(verdict_table(table, title=f"verdict: students for {teacher_name} distilled with KD "
+                                             f"(test top-1 %, {settings.seeds} seeds x {settings.epochs} epochs)"))
+    line = verdict_line(table)
+    if line:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def verdict_table(table, title: str):
+    """The confirmed students as a rich table: names never wrap; gains over the hand pick with their noise."""
+    from kdzero.diswot import format_count
+
+    out = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for header in ("rank", "student", "role", "params", "FLOPs", "top-1 %", "vs hand pick"):
+        out.add_column(header, justify="left" if header in ("student", "role") else "right", no_wrap=True)
+    for row in table.itertuples(index=False):
+        gain = "" if row.vs_hand == "" else (f"{row.gain_hand:+.2f} ±{row.noise_hand:.2f}"
+                                              + (" noise" if row.vs_hand == "within noise" else ""))
+        out.add_row(str(row.rank), escape(row.student), escape(row.role), format_count(int(row.params)),
+                    format_count(int(row.flops)), f"{row.last_mean:.2f} ± {row.last_std:.2f}", gain,
+                    style="green" if row.rank == 1 else "")
+    return out
+
+
+def verdict_line(table) -> str:
+    """``DisWOT's pick S: 97.1 ± 0.3, +0.8 ± 0.6 over the hand pick resnet8, within noise``."""
+    pick = table[table.role.str.contains("DisWOT #1")]
+    hand = table[table.role.str.contains("hand pick")]
+    if pick.empty or hand.empty:
+        return ""
+    p, h = pick.iloc[0], hand.iloc[0]
+    if p.student == h.student:
+        return f"DisWOT's pick is the hand pick, {p.student}: {p.last_mean:.2f} ± {p.last_std:.2f}"
+    return (f"DisWOT's pick {p.student}: {p.last_mean:.2f} ± {p.last_std:.2f}, {p.gain_hand:+.2f} ± "
+            f"{p.noise_hand:.2f} over the hand pick {h.student} ({h.last_mean:.2f}), {p.vs_hand}")

@@ -21,6 +21,8 @@ TINY_PROXY = """
 population = 2
 iterations = 0
 presets = false
+max_steps = 6
+confirm = 0
 [proxy]
 steps = 6
 batch_size = 16

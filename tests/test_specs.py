@@ -100,7 +100,8 @@ def test_cli_searches_a_torchvision_teacher_and_a_users_factory_student_on_a_use
     code = main(["search", "--teacher", "torchvision:resnet18", "--teacher-ckpt", str(ckpt), "--student",
                  "tests.byo_helpers:tiny_cnn?width=4", "--dataset", "tests.byo_helpers:tiny_dataset",
                  "--name", "byo", "--runs-dir", str(tmp_path / "runs"), "--population", "2", "--iterations", "0",
-                 "--no-presets", "--steps", "4", "--batch-size", "16", "--views", "1", "--quiet"])
+                 "--no-presets", "--steps", "4", "--max-steps", "4", "--confirm", "0", "--batch-size", "16",
+                 "--views", "1", "--quiet"])
     out, err = capsys.readouterr()
     assert code == 0, err
     pair = json.loads((tmp_path / "runs" / "byo" / "pair.json").read_text())

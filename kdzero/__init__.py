@@ -1,7 +1,8 @@
 """kdzero: automated knowledge-distiller search for PyTorch.
 
 The public surface (see DESIGN.md): ``Genome``, ``UnifiedLoss``, ``Features``, ``PRESETS`` and
-``leaderboard``; models under ``kdzero.models``.
+``leaderboard``; models under ``kdzero.models``; ``search`` and ``replay`` for models and data held in Python
+(``kdzero.api``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def leaderboard(run: str | None = None, *, storage: str | None = None, study: st
     return load_leaderboard(run, storage=storage, study=study, **kwargs)
 
 
+def search(teacher, student, train_data, test_data=None, **options):
+    """Search distillers for a teacher and student held in Python (see ``kdzero.api.search``).
+
+    Importing the ``kdzero.search`` package rebinds this name to the package, which is callable the same way."""
+    from kdzero.api import search as run_search
+
+    return run_search(teacher, student, train_data, test_data, **options)
+
+
+def replay(run, rank: int = 1, **options):
+    """Fully train a run's student with its K-th best genome (see ``kdzero.api.replay``)."""
+    from kdzero.api import replay as run_replay
+
+    return run_replay(run, rank, **options)
+
+
 __all__ = [
     "PRESETS",
     "Features",
@@ -31,4 +48,6 @@ __all__ = [
     "UnifiedLoss",
     "__version__",
     "leaderboard",
+    "replay",
+    "search",
 ]

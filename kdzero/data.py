@@ -8,7 +8,8 @@ student's inputs exactly.
 
 Datasets by name (``list_datasets()``): ``digits`` (scikit-learn's bundled 8x8 digits, the offline default),
 ``cifar10``/``cifar100`` (torchvision pickle layout under a root), ``imagefolder:PATH`` (``train/<class>/*``
-plus ``test/<class>/*`` or ``val/<class>/*``).
+plus ``test/<class>/*`` or ``val/<class>/*``), ``package.module:function`` (the user's function returning train
+and test datasets; ``kdzero.user_data``).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ CIFAR_STATS = {
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 """File endings an ImageFolder reader decodes; other files are ignored."""
 
-_DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:PATH")
+_DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:PATH", "package.module:function")
 
 
 @dataclass
@@ -161,6 +162,10 @@ def load_dataset(
         if not path:
             raise DataError("imagefolder needs a folder path: imagefolder:PATH")
         splits = _load_imagefolder(Path(path).expanduser(), image_size, cache_dir)
+    elif _is_factory(name):
+        from kdzero.user_data import load_factory_dataset
+
+        splits = load_factory_dataset(name)
     else:
         raise DataError(f"unknown dataset {name!r}; {suggest(name, list_datasets())}")
     if mean is not None:
@@ -168,6 +173,13 @@ def load_dataset(
         splits = replace(splits, **{part: replace(getattr(splits, part), **stats)
                                     for part in ("train", "val", "test")})
     return splits
+
+
+def _is_factory(name: str) -> bool:
+    """A ``package.module:function`` dataset spec (``kdzero.user_data``), told apart from ``imagefolder:PATH``."""
+    from kdzero.user_data import is_dataset_factory
+
+    return is_dataset_factory(name)
 
 
 def proxy_subset(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from kdzero.errors import GenomeError, suggest
 from kdzero.genome_key import canonical_key
 from kdzero.ops import DISTANCES, INPUT_RANKS, INPUTS, MAGNITUDES, TEMPERATURES, TRANSFORMS, WEIGHTS
+from kdzero.ops.checks import ACTIVATION_BOUND, overflow_reason, student_gradient_vanishes
 
 GRAMMAR = "INPUT[T1,T2,T3]|DISTANCE|WEIGHT|T<temperature>|x<magnitude>"
 EXAMPLE = "logit[no,no,no]|kl|no|T4|x1"
@@ -304,6 +305,10 @@ class Genome:
             raise GenomeError(f"distance {self.distance!r} compares along an axis of length {compare_len} "
                               f"after the transforms of {self} (shape {shape}); it needs at least "
                               f"{distance.min_compare_len}")
+        reason = distance.degenerate(shape) if distance.degenerate is not None else ""
+        if reason:
+            raise GenomeError(f"distance {self.distance!r} carries no information after the transforms of {self} "
+                              f"(shape {shape}): {reason}")
         return tuple(shapes)
 
     def needs_connector(self, student_shapes: Mapping[str, Sequence[int]],
@@ -329,8 +334,19 @@ class Genome:
 
     def validate(self, student_shapes: Mapping[str, Sequence[int]],
                  teacher_shapes: Mapping[str, Sequence[int]]) -> None:
-        """Raise GenomeError if this genome cannot run on these teacher/student shapes (no training needed)."""
-        self.output_shapes(student_shapes, teacher_shapes)
+        """Raise GenomeError if this genome cannot run on these teacher/student shapes, could overflow float32
+        there on activations up to ``ACTIVATION_BOUND``, or could not train the student because its loss is
+        constant in the student's input (no training needed)."""
+        shapes = self.output_shapes(student_shapes, teacher_shapes)
+        overflow = overflow_reason(self.transforms, self.distance, self.temperature, self.magnitude, shapes[0])
+        if overflow:
+            raise GenomeError(f"{self} can overflow float32 on activations up to {ACTIVATION_BOUND:.0e}: {overflow}; "
+                              f"drop a power, exp or Gram product, or normalise "
+                              f"before the distance")
+        if student_gradient_vanishes(self.transforms, self.distance, shapes[0]):
+            raise GenomeError(f"{self} is constant in the student's {self.input} for these shapes (its transforms "
+                              f"and distance leave nothing that depends on it, e.g. relu after logsoftmax), so it "
+                              f"could not train the student")
 
     def is_valid(self, student_shapes: Mapping[str, Sequence[int]],
                  teacher_shapes: Mapping[str, Sequence[int]]) -> bool:

@@ -263,11 +263,44 @@ class LeaderboardTable:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         kept = self.fitted_columns(options.max_width)
         yield self.table(kept, options.max_width)
+        hidden = [c.header for c in self.columns if c not in kept]
+        if hidden:
+            yield Text(f"not shown at this width: {', '.join(hidden)} (widen the terminal, or use --format csv or "
+                       f"json for every column)", style="dim")
         notes = self.reason_notes(kept)
         if notes:
             yield Text("why (too narrow for the reason column):", style="bold")
             for note in notes:
                 yield Padding(Text(note, style="dim"), (0, 0, 0, 2), expand=False)  # wrapped lines keep the indent
+
+
+def preset_names() -> dict[str, str]:
+    """Canonical key -> upper-case preset name (KD, AT, SP, ...), to name the classical distillers in a table."""
+    from kdzero.presets import PRESETS
+
+    return {genome.key: name.upper() for name, genome in PRESETS.items()}
+
+
+def _with_preset_name(genome: str | None, key: str | None) -> str:
+    if not genome:
+        return "-"
+    name = preset_names().get(key) if key else None
+    return f"{genome} ({name})" if name else genome
+
+
+def with_baseline(df: pd.DataFrame, baseline: dict | None) -> pd.DataFrame:
+    """``df`` with the CE-only student as a last row (genome ``ce-only``, state ``reference``, no rank), as the
+    table shows it, for CSV and JSON output."""
+    if not baseline:
+        return df
+    row = {column: None for column in COLUMNS}
+    row.update(genome="ce-only", score=baseline.get("score"), val_acc=baseline.get("val_acc"),
+               val_ce=baseline.get("val_ce"), s_gap=baseline.get("s_gap"), cka_gap=baseline.get("cka_gap"),
+               state="reference", stage="", reason="", seconds=baseline.get("seconds"), origin="baseline")
+    reference = pd.DataFrame([row], columns=list(df.columns))
+    numbers = {"rank": "Int64", "trial": "Int64", "duplicate_of": "Int64",
+               **{c: float for c in ("score", "val_acc", "val_ce", "s_gap", "cka_gap", "seconds")}}
+    return pd.concat([df.astype(numbers), reference.astype(numbers)], ignore_index=True)
 
 
 def rich_table(df: pd.DataFrame, title: str = "leaderboard", baseline: dict | None = None) -> LeaderboardTable:
@@ -289,7 +322,7 @@ def rich_table(df: pd.DataFrame, title: str = "leaderboard", baseline: dict | No
     columns = [
         _Column("rank", [rank(r) for r in rows]),
         _Column("trial", [str(r.trial) for r in rows]),
-        _Column("genome", [r.genome or "-" for r in rows], justify="left"),
+        _Column("genome", [_with_preset_name(r.genome, r.key) for r in rows], justify="left"),
         _Column("score", [_fmt(r.score) for r in rows]),
         _Column("acc %", [_acc(r.val_acc) for r in rows]),
         _Column("CE", [_fmt(r.val_ce, 3) for r in rows]),
@@ -327,19 +360,34 @@ def op_frequencies(genomes: list[str]) -> dict[str, Counter]:
     return counts
 
 
+def _all_genomes(texts: list[str]) -> bool:
+    """Whether every text is a distiller genome (a student-search run lists architecture texts instead)."""
+    from kdzero.genome import Genome
+
+    try:
+        for text in texts:
+            Genome.parse(text)
+    except KdzeroError:
+        return False
+    return True
+
+
 def plot(df_all: pd.DataFrame, path: str | Path, top: int = 10, baseline: dict | None = None,
          title: str = "search") -> Path:
     """Draw a search to a PNG (or any format matplotlib writes): (a) the score of every trial in trial order,
     complete trials as points with the best-so-far line, rejected and failed trials as marks on the x axis,
-    the CE-only ``baseline`` as a dashed line; (b) how often each op occurs among the ``top`` best genomes.
+    the CE-only ``baseline`` as a dashed line; (b) how often each op occurs among the ``top`` best genomes
+    (left out for a student-search run, whose rows are architectures rather than distillers).
     ``df_all`` is ``frame(study, include_all=True)``. Needs the optional matplotlib (``kdzero[plot]``)."""
     try:
         from matplotlib.figure import Figure
     except ModuleNotFoundError:
         raise KdzeroError("plotting needs matplotlib: pip install 'kdzero[plot]'") from None
     path = Path(path)
-    fig = Figure(figsize=(12, 9), layout="constrained")
-    grid = fig.add_gridspec(2, 3, height_ratios=(1.4, 1))
+    ranked = df_all[df_all["rank"].notna()].sort_values("rank").head(top)
+    distillers = _all_genomes([g for g in ranked.genome if g])
+    fig = Figure(figsize=(12, 9 if distillers else 5.5), layout="constrained")
+    grid = fig.add_gridspec(2, 3, height_ratios=(1.4, 1)) if distillers else fig.add_gridspec(1, 3)
     ax = fig.add_subplot(grid[0, :])
     trials = df_all.sort_values("trial")
     complete = trials[trials.state == "complete"]
@@ -367,13 +415,12 @@ def plot(df_all: pd.DataFrame, path: str | Path, top: int = 10, baseline: dict |
             ax.plot(rows.trial, [0.0] * len(rows), "x", color=colours.get(state, "tab:orange"), markersize=9,
                     mew=2, clip_on=False, transform=ax.get_xaxis_transform(), label=f"{state} ({len(rows)})")
     ax.set_xlabel("trial")
-    ax.set_ylabel("proxy score (lower is better)")
+    ax.set_ylabel("proxy score (lower is better)" if distillers else "score: -DisWOT (lower is better)")
     ax.set_title(f"{title}: {len(complete)} complete, {len(others)} rejected or failed", loc="left")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3, fontsize=9, frameon=False)
 
-    ranked = df_all[df_all["rank"].notna()].sort_values("rank").head(top)
-    counts = op_frequencies([g for g in ranked.genome if g])
+    counts = op_frequencies([g for g in ranked.genome if g]) if distillers else {}
     for column, (kind, counter) in enumerate(counts.items()):
         bars = fig.add_subplot(grid[1, column])
         items = counter.most_common()[::-1]
@@ -390,7 +437,7 @@ def plot(df_all: pd.DataFrame, path: str | Path, top: int = 10, baseline: dict |
 
 
 __all__ = ["COLUMNS", "LeaderboardTable", "arrange", "baseline", "frame", "genome_at", "load_leaderboard",
-           "op_frequencies", "open_study", "plot", "rich_table"]
+           "op_frequencies", "open_study", "plot", "preset_names", "rich_table", "with_baseline"]
 
 
 class _CallableModule(types.ModuleType):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdzero.errors import GenomeError
+from kdzero.errors import GenomeError, KdzeroError
 from kdzero.features import Features
 from kdzero.genome import Genome
 from kdzero.ops import DISTANCES, TRANSFORMS, WEIGHTS, OpContext
@@ -39,13 +39,26 @@ def feature_shapes(features: Features) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape[1:]) for name, tensor in zip(Features._fields, features)}
 
 
+class ConnectorBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that stays defined when a training batch holds one value per channel (one sample of 1x1
+    maps): batch statistics need at least two values, so such a batch is normalised with the running
+    statistics instead (as in evaluation) and leaves them unchanged. Every other batch behaves exactly like
+    ``nn.BatchNorm2d``; parameter and buffer names are the same, so state dicts move both ways."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                                eps=self.eps)
+        return super().forward(x)
+
+
 def make_connector(input_name: str, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module | None:
     """The student-side module that maps its width to the teacher's, or None when widths agree."""
     if student_shape[0] == teacher_shape[0]:
         return None
     if input_name == "feat":
         return nn.Sequential(nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False),
-                             nn.BatchNorm2d(teacher_shape[0]))
+                             ConnectorBatchNorm(teacher_shape[0]))
     if input_name == "emb":
         return nn.Linear(student_shape[0], teacher_shape[0])
     raise GenomeError(f"student has {student_shape[0]} classes and teacher {teacher_shape[0]}; logits cannot be "
@@ -130,6 +143,19 @@ class UnifiedLoss(nn.Module):
             self.connector.to(device=source.device)
         return self
 
+    def _build_lazily(self, student: Features, teacher: Features) -> None:
+        """Build on the first call, unless that would create a connector: its parameters would be missing from
+        an optimiser created before this call and would silently never train."""
+        student_shapes, teacher_shapes = feature_shapes(student), feature_shapes(teacher)
+        if self.genome.needs_connector(student_shapes, teacher_shapes):
+            name = self.genome.input
+            raise KdzeroError(
+                f"{self.genome} needs a learned connector from the student's {name} width "
+                f"{student_shapes[name][0]} to the teacher's {teacher_shapes[name][0]}; call "
+                f"loss.build(student_out, teacher_out) (or pass student_shapes= and teacher_shapes= to UnifiedLoss) "
+                f"before creating the optimiser, so that it trains the connector's parameters")
+        self.build(student, teacher)
+
     def extra_repr(self) -> str:
         return f"genome={self.genome}"
 
@@ -137,7 +163,7 @@ class UnifiedLoss(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 1-4: the two tensors the distance compares."""
         if not self._built:
-            self.build(student, teacher)
+            self._build_lazily(student, teacher)
         name = self.genome.input
         s = student.select(name)
         t = teacher.select(name).detach()
@@ -151,7 +177,7 @@ class UnifiedLoss(nn.Module):
             s, t = align_spatial(s, t)
         ctx = ctx or OpContext(training=self.training, generator=self.generator)
         for slot, op in enumerate(self._transforms):
-            ctx.slot = slot
+            ctx.share(slot, tuple(s.shape), tuple(t.shape))
             s = op(s, ctx)
             t = op(t, ctx)
         temperature = float(self.genome.temperature)
@@ -184,4 +210,5 @@ def check_runs(genome: Genome, student_shapes: Shapes, teacher_shapes: Shapes, b
         raise GenomeError(f"{genome} gives a non-finite loss on random inputs")
 
 
-__all__ = ["UnifiedLoss", "align_spatial", "check_runs", "feature_shapes", "make_connector", "pools_spatially"]
+__all__ = ["ConnectorBatchNorm", "UnifiedLoss", "align_spatial", "check_runs", "feature_shapes", "make_connector",
+           "pools_spatially"]

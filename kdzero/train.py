@@ -527,6 +527,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("imagefolder:", "")).strip("_") or "data"
 
 
+def replay_dir(student: str, dataset: str, label: str) -> Path:
+    """The default folder of a replay: ``runs/replay/<student>-<dataset>-<distiller>``."""
+    return Path("runs/replay") / f"{_slug(student)}-{_slug(dataset)}-{_slug(label)}"
+
+
 def teacher_identity(model_name: str, data: DatasetSplits, config: TrainConfig) -> TeacherIdentity:
     """What a teacher ``model_name`` trained on ``data.train`` with ``config`` is: data, normalisation, schedule
     and seed; the fields that only change speed (``device``, ``amp``, ...) are left out."""
@@ -541,7 +546,7 @@ def teacher_dir(model_name: str, data: DatasetSplits, config: TrainConfig | None
     that a teacher trained on a subset, with other normalisation or another schedule is never taken for another.
     """
     config = config or TrainConfig.for_dataset(model_name, data.name)
-    return Path(root) / f"{model_name}-{_slug(data.name)}-{teacher_identity(model_name, data, config).key}"
+    return Path(root) / f"{_slug(model_name)}-{_slug(data.name)}-{teacher_identity(model_name, data, config).key}"
 
 
 def train_teacher(
@@ -792,7 +797,7 @@ def replay(
         teacher_acc = evaluate(teacher_model.to(config.device), data.test.to(config.device))
         if log is not None:
             log(describe_teacher(teacher, teacher_ckpt, teacher_acc))
-    out_dir = Path(out) if out is not None else Path("runs/replay") / f"{student}-{_slug(data.name)}-{_slug(label)}"
+    out_dir = Path(out) if out is not None else replay_dir(student, data.name, label)
     runs = []
     for seed in seed_list:
         run_config = replace(config, seed=seed)

@@ -122,7 +122,7 @@ def test_rich_table_lists_the_reasons_under_the_table_when_their_column_does_not
     notes = lines[lines.index("why (too narrow for the reason column):") + 1:]
     text = " ".join(line.strip() for line in notes)
     assert f"{TRIALS[2][0]} (trial 2): first_batch: {REASON}" in text
-    assert f"{TRIALS[1][0]} (trial 5): same as trial 1" in text
+    assert f"{TRIALS[1][0]} (AT) (trial 5): same as trial 1" in text
     assert len(notes) >= 2 and max(len(line.rstrip()) for line in lines) <= 80
     assert "why (" not in wide.getvalue()
 
@@ -153,17 +153,59 @@ def test_cli_table(run_dir, capsys):
 def test_cli_csv_loads_back_with_the_documented_columns(run_dir, capsys, tmp_path):
     assert main(["leaderboard", str(run_dir), "--format", "csv"]) == 0
     df = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert tuple(df.columns) == COLUMNS and list(df["rank"]) == [1, 2, 3, 4]
+    assert tuple(df.columns) == COLUMNS and list(df["rank"][:4]) == [1, 2, 3, 4]
+    last = df.iloc[-1]  # the CE-only baseline row, as in the table
+    assert pd.isna(last["rank"]) and (last["genome"], last["state"], last["score"]) == ("ce-only", "reference", 0.8)
     target = tmp_path / "board.csv"
     assert main(["leaderboard", str(run_dir), "--format", "csv", "--all", "-o", str(target)]) == 0
-    assert len(pd.read_csv(target)) == len(TRIALS) + 1
+    assert len(pd.read_csv(target)) == len(TRIALS) + 2
 
 
 def test_cli_json_records(run_dir, capsys):
     assert main(["leaderboard", str(run_dir), "--format", "json", "--sort", "val_acc", "--top", "3"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert [r["val_acc"] for r in records] == [0.97, 0.96, 0.95]
+    assert [r["val_acc"] for r in records] == [0.97, 0.96, 0.95, 0.93]
     assert tuple(records[0]) == COLUMNS
+    assert records[-1]["genome"] == "ce-only" and records[-1]["rank"] is None and records[-1]["score"] == 0.8
+
+
+def test_cli_json_document_holds_rows_baseline_and_what_the_run_recorded(run_dir, capsys):
+    from kdzero.search.record import RunPair, save_pair, start_session
+
+    save_pair(run_dir, RunPair(teacher="resnet56", student="resnet20", dataset="cifar100", normalize="dataset",
+                               num_classes=100, in_chans=3, image_size=[32, 32]))
+    start_session(run_dir, "cpu")
+    assert main(["leaderboard", str(run_dir), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [r["genome"] for r in document["rows"]] == [TRIALS[1][0], TRIALS[3][0], TRIALS[0][0], TRIALS[4][0]]
+    assert document["baseline"]["score"] == 0.8
+    assert document["pair"]["teacher"] == "resnet56" and document["meta"]["device"] == "cpu"
+    assert document["meta"]["kdzero_version"] and document["meta"]["torch_version"]
+
+
+def test_table_names_presets_beside_their_genome_and_says_which_columns_it_hid(run_dir):
+    study = open_study(run_dir)
+    narrow, wide = io.StringIO(), io.StringIO()
+    Console(file=narrow, width=80).print(rich_table(frame(study), baseline=baseline(study)))
+    Console(file=wide, width=220).print(rich_table(frame(study), baseline=baseline(study)))
+    assert f"{TRIALS[0][0]} (KD)" in wide.getvalue() and f"{TRIALS[1][0]} (AT)" in wide.getvalue()
+    assert f"{TRIALS[4][0]} (" not in wide.getvalue()
+    text = " ".join(narrow.getvalue().split())
+    hidden = "not shown at this width: trial, CE, S-gap, CKA-gap, s (widen the terminal, or use --format csv or json"
+    assert f"{hidden} for every column)" in text
+    assert "not shown" not in wide.getvalue()
+
+
+def test_a_student_search_leaderboard_plots_without_the_op_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    from kdzero.leaderboard import plot
+
+    storage = studies.make_storage(f"sqlite:///{(tmp_path / 'study.db').as_posix()}")
+    study = studies.create_or_load_study(storage, "students", optuna.samplers.RandomSampler(seed=0))
+    for i, arch in enumerate(["resnet[1,1,1]x[16,32,64]", "resnet[2,2,2]x[16,32,64]", "wrn_d16_w2"]):
+        study.add_trial(optuna.trial.create_trial(value=-0.1 * (i + 1), user_attrs={"genome": arch, "seconds": 0.1}))
+    target = plot(frame(study, include_all=True), tmp_path / "students.png", title="students")
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_reads_a_storage_url_and_study_name(run_dir, capsys):

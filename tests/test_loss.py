@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kdzero import PRESETS, Features, Genome, UnifiedLoss
-from kdzero.errors import GenomeError
+from kdzero.errors import GenomeError, KdzeroError
 from kdzero.genome import FULL_SPACE
 
 N = 6
@@ -149,6 +149,53 @@ def test_build_from_one_batch_creates_the_connector_before_the_optimiser():
     assert len(list(loss_fn.parameters())) == 3
 
 
+def test_a_connector_is_never_created_inside_forward():
+    loss_fn = UnifiedLoss(PRESETS["fitnet"])
+    optimiser_params = list(loss_fn.parameters())  # what an optimiser built now would see: nothing
+    student, teacher = _features(STUDENT_SHAPES, 13), _features(TEACHER_SHAPES, 14)
+    with pytest.raises(KdzeroError, match=r"loss\.build\(student_out, teacher_out\).*before creating the optimiser"):
+        loss_fn(student=student, teacher=teacher, target=_labels())
+    assert optimiser_params == [] and loss_fn.connector is None
+
+
+def test_a_loss_without_connector_still_builds_on_its_first_call():
+    loss_fn = UnifiedLoss(PRESETS["kd"])
+    student, teacher = _features(STUDENT_SHAPES, 13), _features(TEACHER_SHAPES, 14)
+    value = loss_fn(student=student, teacher=teacher, target=_labels())
+    assert torch.isfinite(value) and list(loss_fn.parameters()) == []
+
+
+def test_built_connector_trains_with_an_optimiser_created_after_build():
+    loss_fn = UnifiedLoss(PRESETS["fitnet"])
+    student, teacher = _features(STUDENT_SHAPES, 13), _features(TEACHER_SHAPES, 14)
+    loss_fn.build(student, teacher)
+    optimiser = torch.optim.SGD(loss_fn.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in loss_fn.parameters()]
+    loss_fn(student=student, teacher=teacher, target=_labels()).backward()
+    optimiser.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, loss_fn.parameters()))
+
+
+def test_map_connector_handles_one_sample_of_1x1_maps_in_training():
+    student_shapes = {"feat": (8, 1, 1), "emb": (8,), "logit": (10,)}
+    teacher_shapes = {"feat": (16, 1, 1), "emb": (16,), "logit": (10,)}
+    loss_fn = UnifiedLoss("feat[no,no,no]|l2|no|T1|x1", student_shapes, teacher_shapes).train()
+    student = _features(student_shapes, 3, batch=1)
+    teacher = _features(teacher_shapes, 4, batch=1)
+    value = loss_fn(student=student, teacher=teacher, target=_labels(batch=1))
+    value.backward()
+    norm = loss_fn.connector[1]
+    conv = loss_fn.connector[0](student.feat.detach())
+    # One value per channel has no batch statistics: the running ones (mean 0, variance 1) normalise it.
+    expected = ((conv / (1 + norm.eps) ** 0.5 - teacher.feat.detach()) ** 2).mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.isfinite(student.feat.grad).all() and student.feat.grad.abs().max() > 0
+    assert torch.equal(norm.running_mean, torch.zeros(16)) and torch.equal(norm.running_var, torch.ones(16))
+    two = _features(student_shapes, 5, batch=2)
+    loss_fn(student=two, teacher=_features(teacher_shapes, 6, batch=2), target=_labels(batch=2))
+    assert not torch.equal(norm.running_mean, torch.zeros(16)), "batches of two still use batch statistics"
+
+
 @pytest.mark.parametrize("name", ["at", "sp", "kd", "cwd"])
 def test_no_connector_parameters_where_none_is_needed(name):
     shapes = TEACHER_SHAPES if name == "cwd" else STUDENT_SHAPES
@@ -235,6 +282,22 @@ def test_random_transforms_mask_both_sides_identically():
     doubled = Features(features.feat * 2, features.emb, features.logit)
     masked_energy = float(loss_fn(student=doubled, teacher=features, target=_labels()))
     assert 0.0 < masked_energy < float((features.feat**2).mean())
+
+
+@pytest.mark.parametrize("text", ["feat[drop,channel,no]|l2|no|T1|x1", "feat[drop,pow2,channel]|l1|no|T1|x1",
+                                  "feat[mask,drop,channel]|l2|no|T1|x1", "emb[drop,mm,no]|l2|no|T1|x1"])
+def test_drop_shares_one_mask_between_sides_of_different_widths(text):
+    """A teacher that is the student's channels twice over carries the same knowledge after channel pooling
+    (or a batch Gram): with one shared draw the distance is exactly zero."""
+    genome = Genome.parse(text)
+    assert not genome.needs_connector(STUDENT_SHAPES, TEACHER_SHAPES)
+    loss_fn = UnifiedLoss(genome, STUDENT_SHAPES, TEACHER_SHAPES, generator=torch.Generator().manual_seed(7))
+    student = _features(STUDENT_SHAPES, 40, requires_grad=False)
+    doubled = Features(torch.cat([student.feat, student.feat], dim=1),
+                       torch.cat([student.emb, student.emb], dim=1), student.logit)
+    s, t = loss_fn.compare(student, doubled)
+    assert not torch.equal(s, loss_fn.eval().compare(student, doubled)[0]), "the draw must drop something"
+    torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-6)
 
 
 def test_generator_makes_random_transforms_reproducible():

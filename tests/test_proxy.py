@@ -63,7 +63,7 @@ GOOD = [PRESETS["kd"], PRESETS["sp"], Genome.parse("feat[mask,multi_scale_r2,nor
 BAD = {
     "feat[pow4,exp,pow4]|l2|no|T1|x100": "first_batch",            # explodes: swamps CE
     "feat[exp,pow4,no]|smooth_l1|no|T16|x100": "first_batch",
-    "feat[softmax_C,channel,no]|l2|no|T1|x1": "first_batch",       # a constant: vanishes
+    "feat[softmax_C,channel,no]|l2|no|T1|x1": "static",            # constant: the channel mean of a softmax is 1/C
     "logit[satt,no,no]|kl|no|T4|x1": "static",                     # no positions in logits
     "feat[local_s4,no,no]|l2|no|T1|x1": "static",                  # all zeros on 2x2 maps
     "emb[bmm,no,no]|l2|no|T1|x1": "static",                        # channel Gram of a vector

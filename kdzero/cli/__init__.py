@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "train_teacher",
     "student_search",
+    "models",
 )
 
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Run 'kdzero COMMAND --help' for the options of one command.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the kdzero, torch and Python versions (and the git commit) and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -56,6 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(subparsers)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked (it reads the git commit and imports the run record)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
+def version_text() -> str:
+    """``kdzero 0.1.0 (commit 1feb4d2, torch 2.14.1, Python 3.11.7)``: what a bug report needs."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from kdzero import __version__
+    from kdzero.search.record import git_commit
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    commit = git_commit()
+    where = f"commit {commit[:7]}, " if commit else ""
+    return f"kdzero {__version__} ({where}torch {torch_version}, Python {platform.python_version()})"
 
 
 def one_line(message: str) -> str:

@@ -14,14 +14,18 @@ from rich.table import Table
 from kdzero.cli._display import console
 from kdzero.genome import Genome
 from kdzero.proxy import ProxyResult
+from kdzero.search.record import RunLog, trial_line
 from kdzero.search.runner import SearchObserver
 
 
 class LiveSearchDisplay(SearchObserver):
     """A rich Live view fed by the worker's events (in-process) or by polling the study (multi-worker)."""
 
-    def __init__(self, total: int, done: int = 0, title: str = "kdzero search", enabled: bool = True) -> None:
+    def __init__(self, total: int, done: int = 0, title: str = "kdzero search", enabled: bool = True,
+                 plain_lines: bool = False, run_log: RunLog | None = None) -> None:
         self.enabled = enabled
+        self.plain_lines = plain_lines or not enabled
+        self.run_log = run_log
         self.title = title
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
@@ -72,6 +76,8 @@ class LiveSearchDisplay(SearchObserver):
 
     # ------------------------------------------------------------------------------------------- events
     def log(self, message: str) -> None:
+        if self.run_log is not None:
+            self.run_log.write(message)
         if self.enabled:
             self.messages.append(message)
             self.refresh()
@@ -93,10 +99,22 @@ class LiveSearchDisplay(SearchObserver):
 
     def trial_finished(self, number: int, genome: Genome, result: ProxyResult, duplicate_of: int | None) -> None:
         self.progress.advance(self.trials)
-        self.record(number, str(genome), result.score, result.stage if result.rejected else None)
+        self.record(number, str(genome), result.score, result.stage if result.rejected else None,
+                    seconds=result.seconds, duplicate_of=duplicate_of, rung=getattr(result, "rung", None))
 
-    def record(self, number: int, genome: str, score: float | None, rejected_stage: str | None) -> None:
-        """Account for one finished trial (also used when polling a multi-worker study)."""
+    def record(self, number: int, genome: str, score: float | None, rejected_stage: str | None,
+               seconds: float | None = None, duplicate_of: int | None = None, rung=None) -> None:
+        """Account for one finished trial (also used when polling a multi-worker study): the best so far, the
+        rejection counts, and its plain line (printed off a terminal or with --quiet; always in search.log)."""
+        line = trial_line(number, genome, score, seconds, stage=rejected_stage, duplicate_of=duplicate_of,
+                          rung=rung)
+        if self.run_log is not None:
+            self.run_log.write(line)
+        if self.plain_lines:
+            if self.enabled:
+                self.live.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            else:
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
         if rejected_stage is not None:
             self.rejections[rejected_stage.replace("_", " ")] += 1
         elif score is not None and (self.best is None or score < self.best[0]):

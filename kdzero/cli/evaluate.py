@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from kdzero.cli._display import console, err_console
+from kdzero.errors import ConfigError
 
 EPILOG = """examples:
   kdzero evaluate 'logit[no,no,no]|kl|no|T4|x1'                 # digits, built-in teacher
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("sampler", "space", "population", "iterations", "adaptive_shrink", "guided", "presets", "workers",
                  "group_size", "storage", "study", "devices"):
         setattr(args, name, None)
-    config = resolve_config(args)
+    config = resolve_config(args, base=_run_config(args))
     runner.configure_torch(config)
     log = (lambda message: None) if args.json else (lambda message: err_console.print(message, markup=False))
     task = runner.build_task(config, log=log)
@@ -74,6 +76,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console.print(_panel(result, baseline, config))
     return 0
+
+
+def _run_config(args: argparse.Namespace):
+    """The saved config of run ``--name`` when it exists (and no --config is given), with the pair options
+    checked against the run's recorded pair: evaluating there uses that run's teacher, student and data."""
+    from kdzero.search.config import SearchConfig
+    from kdzero.search.record import apply_pair, run_pair
+
+    run_dir = Path(args.runs_dir or "runs") / (args.name or "digits")
+    saved = run_dir / "config.json"
+    if args.config is not None or not saved.is_file():
+        return None
+    try:
+        config = SearchConfig.from_dict(json.loads(saved.read_text()), source=str(saved))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{saved} is corrupt; remove it or evaluate under another --name") from None
+    pair = run_pair(run_dir)
+    given = {"student": args.student, "teacher": args.teacher, "teacher_ckpt": args.teacher_ckpt,
+             "dataset": args.dataset, "data_root": args.data_root, "normalize": args.normalize}
+    for name, value in apply_pair(pair, run_dir, given, warn=lambda m: err_console.print(m, markup=False),
+                                  instead="evaluate under another --name for another pair").items():
+        setattr(args, name, value)
+    pair.check_teacher()
+    return config
 
 
 def _panel(result, baseline, config) -> Panel:

@@ -10,7 +10,7 @@ from kdzero.errors import ConfigError
 
 EPILOG = """\
 examples:
-  kdzero export runs/digits --rank 1 -o my_distiller.py
+  kdzero export runs/digits --rank 1 -o my_distiller.py    # the run's recorded shapes size any connector
   kdzero export --genome 'feat[pow2,channel,norm_HW]|l2|no|T1|x100' -o at_distiller.py
   kdzero export --genome 'feat[no,no,no]|l2|no|T1|x100' --student-shapes feat=64x8x8 --teacher-shapes feat=256x8x8
 
@@ -37,6 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _run_shapes(run_path: str) -> tuple[dict | None, dict | None]:
+    """The student and teacher feature shapes a run recorded (pair.json), so that a connector's widths
+    become the exported Distiller's defaults; (None, None) for a run without them."""
+    from kdzero.search.record import load_pair
+
+    pair = load_pair(run_path)
+    if pair is None or not pair.student_shapes or not pair.teacher_shapes:
+        return None, None
+    return ({k: tuple(v) for k, v in pair.student_shapes.items()},
+            {k: tuple(v) for k, v in pair.teacher_shapes.items()})
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the genome, generate the source, write or print it."""
     from kdzero.export import export_source
@@ -57,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         rank = 1 if args.rank is None else args.rank
         genome = genome_at(args.run_path, rank, storage=args.storage, study=args.study)
         origin = args.run_path or f"study {args.study}"
+        if student is None and args.run_path is not None:
+            student, teacher = _run_shapes(args.run_path)
     source = export_source(genome, run=origin, rank=rank, student_shapes=student, teacher_shapes=teacher)
     if args.output is None:
         sys.stdout.write(source)

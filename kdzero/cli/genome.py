@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.markup import escape
 
@@ -23,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="student per-sample shapes, e.g. feat=64x8x8,emb=64,logit=100")
     check.add_argument("--teacher-shapes", metavar="SHAPES",
                        help="teacher per-sample shapes, e.g. feat=256x8x8,emb=256,logit=100")
-    check.add_argument("--json", action="store_true", help="print the genome as JSON")
+    check.add_argument("--json", action="store_true", help="print the genome as JSON, and nothing else (with shapes: a "
+                                                                "'check' entry with the output shapes)")
     check.set_defaults(func=run_check)
 
 
@@ -36,14 +38,18 @@ def run_check(args: argparse.Namespace) -> int:
         from kdzero.errors import ConfigError
 
         raise ConfigError("give both --student-shapes and --teacher-shapes, or neither")
+    shapes = genome.output_shapes(student, teacher) if student is not None else None
+    connector = genome.needs_connector(student, teacher) if student is not None else None
     if args.json:
-        console.print_json(genome.to_json())
-    else:
-        console.print(f"[bold]canonical[/bold] {escape(str(genome))}", highlight=False)
-        console.print(f"[bold]key[/bold]       {escape(genome.key)}", highlight=False)
-    if student is not None:
-        shapes = genome.output_shapes(student, teacher)
-        connector = "yes" if genome.needs_connector(student, teacher) else "no"
+        # JSON only, uncoloured, so that the output pipes into jq or json.loads as it is.
+        payload = json.loads(genome.to_json())
+        if shapes is not None:
+            payload["check"] = {"valid": True, "output_shapes": [list(s) for s in shapes], "connector": connector}
+        print(json.dumps(payload, indent=2))
+        return 0
+    console.print(f"[bold]canonical[/bold] {escape(str(genome))}", highlight=False)
+    console.print(f"[bold]key[/bold]       {escape(genome.key)}", highlight=False)
+    if shapes is not None:
         console.print(f"[green]valid[/green] for these shapes: {' -> '.join(map(str, shapes))}; "
-                      f"student connector: {connector}", highlight=False)
+                      f"student connector: {'yes' if connector else 'no'}", highlight=False)
     return 0

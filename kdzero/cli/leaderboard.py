@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ examples:
   kdzero leaderboard runs/digits --all --top 30        # rejected and failed trials too, with their reasons
   kdzero leaderboard runs/digits --sort val_acc        # any column: score, val_acc, val_ce, s_gap, seconds, ...
   kdzero leaderboard runs/digits --format csv -o board.csv
+  kdzero leaderboard runs/digits --json                # rows plus the run's metadata and pair, one object
   kdzero leaderboard runs/digits --plot search.png     # score over trials and op frequencies (kdzero[plot])
   kdzero leaderboard --storage postgresql://user:pw@host/db --study c100
   kdzero leaderboard runs/diswot-resnet20-digits       # a student search: students by DisWOT, params, FLOPs
@@ -39,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--all", action="store_true", dest="include_all",
                         help="include rejected, failed and duplicate trials")
     parser.add_argument("--sort", metavar="COLUMN", help="order by this column (ascending, val_acc descending)")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="output format (default table); csv and json end with the CE-only baseline row")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object: the run's metadata (run.json), its pair (pair.json), the CE-only "
+                             "baseline and the rows")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of standard output")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the score over trials and the op frequencies of the top K (default 10)")
@@ -48,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the study, print or write the leaderboard, draw the plot if asked."""
-    from kdzero.leaderboard import arrange, baseline, frame, open_study, plot, rich_table
+    from kdzero.leaderboard import arrange, baseline, frame, open_study, plot, rich_table, with_baseline
     from kdzero.student_leaderboard import is_student_search, student_plot, student_table
 
     if args.run_path is None and (args.storage is None or args.study is None):
@@ -63,27 +69,56 @@ def run(args: argparse.Namespace) -> int:
         path = (student_plot(df_all, args.plot, title=str(name)) if students else
                 plot(df_all, args.plot, top=args.top or 10, baseline=baseline(study), title=str(name)))
         err_console.print(f"wrote plot {path}", highlight=False, markup=False)
-    if args.format == "table":
+    if args.json:
+        _write(args.output, json.dumps(_document(args, name, study, df), indent=2, default=str) + "\n")
+    elif args.format == "table":
         if students:
             table = student_table(df, title=f"students: {name} (DisWOT, higher is better)")
         else:
-            table = rich_table(df, title=f"leaderboard: {name} (lower score is better)", baseline=baseline(study))
+            title = f"leaderboard: {name}{_pair_text(args.run_path)} (lower score is better)"
+            table = rich_table(df, title=title, baseline=baseline(study))
         if args.output is None:
             console.print(table)
         else:
             with _open(args.output) as handle:
                 Console(file=handle, width=160, color_system=None).print(table)
     else:
-        text = df.to_csv(index=False) if args.format == "csv" else \
-            df.to_json(orient="records", indent=2, double_precision=15) + "\n"
-        if args.output is None:
-            sys.stdout.write(text)
-        else:
-            with _open(args.output) as handle:
-                handle.write(text)
+        rows = with_baseline(df, baseline(study))
+        _write(args.output, rows.to_csv(index=False) if args.format == "csv" else
+               rows.to_json(orient="records", indent=2, double_precision=15) + "\n")
     if args.output is not None:
         err_console.print(f"wrote {args.output}", highlight=False, markup=False)
     return 0
+
+
+def _pair_text(run_path: str | None) -> str:
+    """``: resnet56a -> resnet20 on cifar10`` for a run folder that recorded its pair, else nothing."""
+    from kdzero.search.record import load_pair
+
+    pair = load_pair(run_path) if run_path is not None else None
+    return f": {pair.teacher} -> {pair.student} on {pair.dataset}" if pair is not None else ""
+
+
+def _write(output: str | None, text: str) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with _open(output) as handle:
+        handle.write(text)
+
+
+def _document(args: argparse.Namespace, name, study, df) -> dict:
+    """``--json``: what the run is (metadata and pair, when its folder has them), its baseline and rows."""
+    from kdzero.leaderboard import baseline
+    from kdzero.search.record import load_meta, load_pair
+
+    run_dir = Path(args.run_path) if args.run_path else None
+    pair = load_pair(run_dir) if run_dir is not None else None
+    meta = (load_meta(run_dir) if run_dir is not None else None) or {}
+    if df is not None and "seconds" in df:
+        meta = {**meta, "trial_seconds_shown": float(df["seconds"].fillna(0).sum())}
+    return {"run": str(name), "meta": meta, "pair": pair.to_dict() if pair is not None else None,
+            "baseline": baseline(study), "rows": json.loads(df.to_json(orient="records", double_precision=15))}
 
 
 def _open(path: str):

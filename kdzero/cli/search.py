@@ -17,6 +17,9 @@ EPILOG = """examples:
   kdzero search --storage postgresql://user:pw@host/db --study c100 --config ...   # many machines
 
 Re-running the same command resumes the run (runs/NAME). Ctrl-C stops cleanly; finished trials are kept.
+A finished run continues with more --iterations or a larger --population; options that change what a score
+means (pair, data, --steps, --train-subset, space, seed, ...) are refused: use --name NEW, or --fresh.
+Every finished trial is one line in runs/NAME/search.log (and on the terminal with --quiet or off a terminal).
 """
 
 
@@ -48,14 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="TOML", help="a config file (experiments/*.toml); options below override it")
     p.add_argument("--name", help="run name: results go to RUNS_DIR/NAME (default: digits, or the config's stem)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the run of this name (its study, config, pair and log) and start it again")
     g = p.add_argument_group("pair and data")
-    g.add_argument("--dataset", help="digits (embedded, default), cifar10, cifar100, or imagefolder:PATH")
+    g.add_argument("--dataset", help="digits (embedded, default), cifar10, cifar100, imagefolder:PATH, or "
+                                     "package.module:function returning (train, test) datasets")
     g.add_argument("--data-root", help="folder holding the dataset files (cifar)")
     g.add_argument("--normalize", choices=("dataset", "imagenet"),
                    help="input normalisation: the dataset's statistics, or ImageNet's (akamaster teachers)")
-    g.add_argument("--teacher", help="teacher model name (kdzero.models.list_models())")
+    g.add_argument("--teacher", help="teacher model: a zoo name, torchvision:NAME[?kw=v], timm:NAME or "
+                                     "package.module:function ('kdzero models' lists them)")
     g.add_argument("--teacher-ckpt", help="teacher checkpoint (required except on digits, where one is trained)")
-    g.add_argument("--student", help="student model name")
+    g.add_argument("--student", help="student model, in the same forms as --teacher")
     g = p.add_argument_group("search")
     g.add_argument("--sampler", help="evolution (KD-Zero, default), tpe, random, grid, ga")
     g.add_argument("--space", help="shrunk (default: one op family per slot), full, or kd-grid")
@@ -92,11 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace):
-    """Defaults, then the config file, then the command line."""
+def resolve_config(args: argparse.Namespace, base=None):
+    """Defaults (or ``base``, e.g. an existing run's config), then the config file, then the command line."""
     from kdzero.search.config import SearchConfig, load_config
 
-    config = load_config(args.config) if args.config else SearchConfig()
+    config = load_config(args.config) if args.config else (base or SearchConfig())
     overrides = {key: value for key, value in vars(args).items()
                  if key in SearchConfig.__dataclass_fields__ or key.startswith("proxy.")}
     overrides.pop("proxy", None)
@@ -111,20 +118,28 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the run, evaluate trials (here or in worker processes), print the leaderboard."""
     from kdzero.cli._search_display import LiveSearchDisplay
     from kdzero.leaderboard import frame, rich_table
-    from kdzero.search import runner
+    from kdzero.search import record, runner
     from kdzero.search import study as studies
 
     config = resolve_config(args)
     runner.configure_torch(config)
     devices = runner.check_device_list(config)
+    if args.fresh:
+        runner.discard_run(config)
     runner.check_run_dir(config, write=False)  # written by prepare_run, once data and teacher loaded
     studies.check_storage_file(config.storage_url)  # a corrupt study.db: refuse before minutes of loading
     console.print(f"[bold]kdzero search[/bold] {config.name}: {config.teacher} -> {config.student} on "
                   f"{config.dataset}, {config.sampler} sampler, {config.trials} trials "
                   f"({config.population} + {config.iterations}), run dir {config.run_dir}", highlight=False)
-    display = LiveSearchDisplay(config.trials, title=config.name, enabled=not args.quiet)
+    display = LiveSearchDisplay(config.trials, title=config.name, enabled=not args.quiet,
+                                plain_lines=not console.is_terminal, run_log=record.RunLog(config.run_dir))
     task = runner.build_task(config, log=display.log, device=devices[0])
     search = runner.prepare_run(config, is_valid=runner.validity_checker(task), log=display.log)
+    pair = runner.run_pair(config, task)
+    record.save_pair(config.run_dir, pair)
+    search.study.set_user_attr(record.PAIR_ATTR, pair.to_dict())  # for workers and readers of a shared storage
+    record.start_session(config.run_dir, ",".join(sorted(set(devices))))
+    display.progress.update(display.trials, total=search.config.trials)
     done = len([t for t in search.study.get_trials(deepcopy=False) if t.state.is_finished()
                 and t.state.name != "FAIL"])
     display.progress.update(display.trials, completed=done)
@@ -138,13 +153,21 @@ def run(args: argparse.Namespace) -> int:
             else:
                 runner.run_worker(search, task, display)
     except KeyboardInterrupt:
+        record.end_session(config.run_dir, _trial_seconds(search.study))
         console.print("[yellow]interrupted[/yellow]: finished trials are saved; re-run the same command to resume")
         return 130
+    record.end_session(config.run_dir, _trial_seconds(search.study))
     df = frame(search.study)
     console.print(rich_table(df.head(args.top), title=f"leaderboard: {config.name} (lower score is better)",
                              baseline=baseline.to_dict()))
     _summary(df, baseline, time.monotonic() - start, config)
     return 0
+
+
+def _trial_seconds(study) -> float:
+    """Seconds of proxy training the run's finished trials took, together."""
+    return float(sum(t.user_attrs.get("seconds", 0.0) or 0.0 for t in study.get_trials(deepcopy=False)
+                     if t.state.is_finished()))
 
 
 def _run_workers(config, devices: list[str], search, display) -> None:
@@ -165,7 +188,10 @@ def _run_workers(config, devices: list[str], search, display) -> None:
                     seen.add(trial.number)
                     display.progress.advance(display.trials)
                     display.record(trial.number, trial.user_attrs.get("genome", "?"), trial.value,
-                                   trial.user_attrs.get("stage") if trial.state == TrialState.PRUNED else None)
+                                   trial.user_attrs.get("stage") if trial.state == TrialState.PRUNED else None,
+                                   seconds=trial.user_attrs.get("seconds"),
+                                   duplicate_of=trial.user_attrs.get("duplicate_of"),
+                                   rung=trial.user_attrs.get("rung"))
             running = search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             display.current = [f"#{t.number} {t.user_attrs.get('worker', '')}" for t in running]
             if all(p.poll() is not None for p in procs):

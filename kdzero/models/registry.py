@@ -66,11 +66,18 @@ def register_model_pattern(matches: Callable[[str], bool], build: Callable[[str,
 
 
 def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **kw: Any) -> nn.Module:
-    """Build registered model ``name`` (case and ``-``/``_`` insensitive) with fresh weights.
+    """Build registered model ``name`` (case and ``-``/``_`` insensitive) with fresh weights; a name with a colon
+    is a model spec (``torchvision:NAME``, ``timm:NAME``, ``package.module:function``; ``kdzero.models.specs``).
 
     Raises ``ConfigError`` with close names for an unknown model, a non-positive class or channel count, or an
     option the factory does not take.
     """
+    if ":" in str(name):  # torchvision:NAME, timm:NAME, package.module:function (kdzero.models.specs)
+        from kdzero.models.specs import build_model
+
+        if kw:
+            raise ConfigError(f"model {name!r}: give options in the spec (NAME?kw=v), got {', '.join(kw)}")
+        return build_model(str(name), num_classes=num_classes, in_chans=in_chans)
     key = _normalise(str(name))
     pattern = None if key in _MODELS else next((p for p in _PATTERNS if p.matches(str(name))), None)
     if pattern is not None:

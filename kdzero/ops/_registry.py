@@ -21,19 +21,39 @@ class OpContext:
     """Per-call state shared by the student and teacher branches of one loss evaluation.
 
     Randomised transforms (``mask``, ``drop``) ask the context for their random tensor; the first branch draws
-    it, the second gets the same one, so both sides are masked identically. ``slot`` is set by the caller
-    before each transform slot so that two random ops in one genome draw independent masks.
+    it, the second gets the same one, so both sides are masked identically. Before each transform slot the
+    caller names the slot and the two sides' shapes (``share``): two random ops in one genome then draw
+    independent masks, and where the sides differ along an axis (a student and teacher of different widths
+    that need no connector) there is no entry-to-entry correspondence along it, so the draw is made once
+    with size 1 there and broadcast: both sides drop the same samples and positions.
     """
 
     def __init__(self, training: bool = True, generator: torch.Generator | None = None) -> None:
         self.training = training
         self.generator = generator
         self.slot = 0
+        self._sides: tuple[Shape, ...] = ()
         self._draws: dict[tuple, torch.Tensor] = {}
 
+    def share(self, slot: int, student_shape: Shape, teacher_shape: Shape) -> None:
+        """Start transform slot ``slot``, whose inputs have these shapes on the student and teacher side."""
+        self.slot = slot
+        self._sides = (tuple(student_shape), tuple(teacher_shape))
+
+    def draw_shape(self, shape: Shape) -> Shape:
+        """The shape actually drawn for a request of ``shape``: size 1 on every axis where the two sides of the
+        current slot differ, so that one draw fits both."""
+        shape = tuple(shape)
+        if len(self._sides) != 2 or not all(len(side) == len(shape) for side in self._sides):
+            return shape
+        student, teacher = self._sides
+        return tuple(1 if a != b else size for size, a, b in zip(shape, student, teacher))
+
     def bernoulli(self, shape: Shape, keep_prob: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """A 0/1 tensor of ``shape`` with P(1) = keep_prob, drawn once per (slot, shape) and then reused."""
-        key = (self.slot, tuple(shape))
+        """A 0/1 tensor broadcastable to ``shape`` with P(1) = keep_prob, drawn once per slot and reused by
+        the other side (its shape is ``draw_shape(shape)``)."""
+        shape = self.draw_shape(shape)
+        key = (self.slot, shape)
         if key not in self._draws:
             draw_device = self.generator.device if self.generator is not None else device
             uniform = torch.rand(shape, generator=self.generator, device=draw_device)
@@ -51,8 +71,16 @@ class Op:
     idempotent:     op(op(x)) == op(x), so consecutive repeats collapse in the canonical key.
     random:         draws randomness per call (shared between branches, off in eval mode).
     min_compare_len: distances only: the compared axis must have at least this many entries to mean anything.
-    degenerate:     shape -> True where the op is defined but its output carries no information (all zeros),
-                    so validation rejects the genome instead of paying for a constant loss.
+    degenerate:     shape -> a reason (non-empty text) where the op is defined but its output carries no
+                    information (constant, or the input's signs at most: a softmax or normalisation over an
+                    axis of length 1), "" elsewhere; validation rejects such a genome instead of paying for a
+                    loss that cannot train the student.
+    bound:          (b, shape) -> a bound on |output| when every |input| entry is at most b, for an input of
+                    ``shape`` (distances: a bound on the per-sample value); None means the op never enlarges
+                    magnitudes (|output| <= max(b, 1)). Validation chains these to reject a genome that could
+                    overflow float32 (``kdzero.ops.checks.overflow_reason``).
+    squares:        the op squares its input internally (a norm, a variance, a Gram), so its input must stay
+                    below the square root of float32's range even when its output is small.
     """
 
     name: str
@@ -65,7 +93,9 @@ class Op:
     idempotent: bool = False
     random: bool = False
     min_compare_len: int = 1
-    degenerate: Callable[[Shape], bool] | None = None
+    degenerate: Callable[[Shape], str] | None = None
+    bound: Callable[[float, Shape], float] | None = None
+    squares: bool = False
     doc: str = field(default="", compare=False)
 
     def __call__(self, *args, **kwargs):
@@ -78,9 +108,10 @@ class Op:
                 f"{self.kind} {self.name!r} is not defined for {len(shape)}-D input {tuple(shape)}; "
                 f"it takes {', '.join(f'{r}-D' for r in sorted(self.ranks))}"
             )
-        if self.degenerate is not None and self.degenerate(tuple(shape)):
-            raise GenomeError(f"{self.kind} {self.name!r} returns all zeros for input {tuple(shape)}: "
-                              f"{self.doc.split(':')[0].lower()} needs more positions")
+        reason = self.degenerate(tuple(shape)) if self.degenerate is not None else ""
+        if reason:
+            raise GenomeError(f"{self.kind} {self.name!r} carries no information for input {tuple(shape)}: "
+                              f"{reason}, so the loss could not train the student")
         return tuple(self.out_shape(tuple(shape))) if self.out_shape is not None else tuple(shape)
 
 

@@ -9,6 +9,8 @@ The student always comes first; kl and hard are asymmetric and take the teacher 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,59 +27,73 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-@register(formula="mean |s - t|")
+def _row_len(shape: tuple[int, ...]) -> int:
+    """D, the length of the rows of ``as_rows`` for a (batch-included) shape."""
+    return shape[-1] if len(shape) <= 3 else math.prod(shape[2:])
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision input is promoted so that (log-)softmax stays accurate; float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+@register(formula="mean |s - t|", bound=lambda b, s: 2 * b)
 def l1(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Mean absolute error per sample."""
     return (s - t).abs().reshape(s.shape[0], -1).mean(dim=1)
 
 
-@register(formula="mean (s - t)^2")
+@register(formula="mean (s - t)^2", bound=lambda b, s: 4 * b * b, squares=True)
 def l2(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample (FitNet, AT and SP all use this form)."""
     return (s - t).pow(2).reshape(s.shape[0], -1).mean(dim=1)
 
 
-@register(formula="mean huber_1(s - t)")
+@register(formula="mean huber_1(s - t)", bound=lambda b, s: 2 * b)
 def smooth_l1(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Smooth L1 (Huber with beta 1) per sample: quadratic near zero, linear for large errors."""
     return F.smooth_l1_loss(s, t, reduction="none", beta=1.0).reshape(s.shape[0], -1).mean(dim=1)
 
 
-@register(formula="mean_G sum_D softmax(t) * (log_softmax(t) - log_softmax(s))", min_compare_len=2)
+@register(formula="mean_G sum_D softmax(t) * (log_softmax(t) - log_softmax(s))", min_compare_len=2,
+          bound=lambda b, s: 2 * b + math.log(_row_len(s)))
 def kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """KL(softmax(t) || softmax(s)) along D: the teacher's distribution is the target, the student's log-softmax
     the prediction (Hinton KD's direction). Defined for any real input, raw features included."""
-    log_p_s = torch.log_softmax(as_rows(s).float(), dim=-1)
-    log_p_t = torch.log_softmax(as_rows(t).float(), dim=-1)
+    log_p_s = torch.log_softmax(_at_least_float32(as_rows(s)), dim=-1)
+    log_p_t = torch.log_softmax(_at_least_float32(as_rows(t)), dim=-1)
     per_row = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=-1)
     return per_row.mean(dim=1).to(s.dtype)
 
 
-@register(formula="mean_G cross_entropy(s, argmax_D t)", min_compare_len=2)
+@register(formula="mean_G cross_entropy(s, argmax_D t)", min_compare_len=2,
+          bound=lambda b, s: 2 * b + math.log(_row_len(s)))
 def hard(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Hard-label distillation: cross-entropy of the student's row against the teacher's arg-max along D."""
-    rows_s = as_rows(s).float()
+    rows_s = _at_least_float32(as_rows(s))
     target = as_rows(t).argmax(dim=-1)
     per_row = F.cross_entropy(rows_s.transpose(1, 2), target, reduction="none")
     return per_row.mean(dim=1).to(s.dtype)
 
 
-@register(formula="mean_G (1 - cos(s, t)) along D", min_compare_len=2)
+@register(formula="mean_G (1 - cos(s, t)) along D", min_compare_len=2, bound=lambda b, s: 2.0, squares=True)
 def cosine(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Cosine distance 1 - cos: 0 for parallel rows, 2 for opposite ones (minimising it aligns the student)."""
     return (1.0 - F.cosine_similarity(as_rows(s), as_rows(t), dim=-1, eps=COS_EPS)).mean(dim=1)
 
 
-@register(formula="mean_G (1 - pearson(s, t)) along D", min_compare_len=2)
+@register(formula="mean_G (1 - pearson(s, t)) along D", min_compare_len=3, bound=lambda b, s: 2.0, squares=True)
 def pearson(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Pearson distance 1 - r: cosine distance after centring each row, blind to shift and scale (as DIST)."""
+    """Pearson distance 1 - r: cosine distance after centring each row, blind to shift and scale (as DIST).
+    Rows need three entries: two centred entries are always +-(a - b)/2, so r would be +-1 whatever the input."""
     rows_s, rows_t = as_rows(s), as_rows(t)
     centred_s = rows_s - rows_s.mean(dim=-1, keepdim=True)
     centred_t = rows_t - rows_t.mean(dim=-1, keepdim=True)
     return (1.0 - F.cosine_similarity(centred_s, centred_t, dim=-1, eps=COS_EPS)).mean(dim=1)
 
 
-@register(formula="mean_j (cos(s_i, s_j) - cos(t_i, t_j))^2 over the batch")
+@register(formula="mean_j (cos(s_i, s_j) - cos(t_i, t_j))^2 over the batch", bound=lambda b, s: 4.0, squares=True,
+          degenerate=lambda s: "each sample holds one entry, so every cosine is +-1" if math.prod(s[1:]) == 1 else "")
 def batch_congruence(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Batch similarity congruence: sample i's row of the batch cosine-similarity matrix, student vs teacher.
     Distils how samples relate to each other rather than the features themselves (CC / SP / RKD family).

@@ -22,6 +22,8 @@ EXP_CLAMP = 20.0  # exp(20) ~ 4.9e8: large, yet its square and fourth power stay
 POW_CLAMP = 1e4  # (1e4)^4 = 1e16: finite in float32 and bfloat16
 DROP_PROB = 0.1
 MASK_KEEP = 0.5
+# The largest batch the magnitude bounds of the batch-wide ops (natt, batchnorm, logsoftmax_N) allow for.
+BATCH_BOUND = 4096
 
 register = TRANSFORMS.register
 
@@ -36,13 +38,33 @@ def _per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def _unit(bound: float, shape: Shape) -> float:
+    """Magnitude bound of an op whose output lies in [-1, 1] whatever its input."""
+    return 1.0
+
+
+def _one_channel(shape: Shape) -> str:
+    """Degeneracy of an op over the channel axis (the features of a 2-D input)."""
+    return "it acts over a channel axis of length 1" if shape[1] == 1 else ""
+
+
+def _one_position(shape: Shape) -> str:
+    """Degeneracy of an op over the positions of each channel."""
+    return "it acts over a single position (a 1x1 map)" if math.prod(shape[2:]) == 1 else ""
+
+
+def _one_entry(shape: Shape) -> str:
+    """Degeneracy of an op over each sample's entries."""
+    return "it acts over one entry per sample" if math.prod(shape[1:]) == 1 else ""
+
+
 def _broadcast_per_sample(stat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) -> (N, 1, ..., 1) matching ``like``'s rank."""
     return stat.reshape(stat.shape[0], *([1] * (like.dim() - 1)))
 
 
 # ----------------------------------------------------------------------------------------------- elementwise
-@register(formula="exp(min(x, 20))", idempotent=False)
+@register(formula="exp(min(x, 20))", idempotent=False, bound=lambda b, s: math.exp(min(b, EXP_CLAMP)))
 def exp(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Exponential; the input is capped at 20 so that the output and its powers stay finite."""
     return torch.exp(torch.clamp(x, max=EXP_CLAMP))
@@ -66,13 +88,13 @@ def relu(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return F.relu(x)
 
 
-@register(formula="tanh(x)")
+@register(formula="tanh(x)", bound=lambda b, s: min(b, 1.0))
 def tanh(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Hyperbolic tangent: squashes responses into (-1, 1)."""
     return torch.tanh(x)
 
 
-@register(formula="1 / (1 + exp(-x))")
+@register(formula="1 / (1 + exp(-x))", bound=lambda b, s: 1.0)
 def sigmoid(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Logistic sigmoid: squashes responses into (0, 1)."""
     return torch.sigmoid(x)
@@ -90,13 +112,13 @@ def abs(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return torch.abs(x)
 
 
-@register(formula="clamp(x, -1e4, 1e4)^2")
+@register(formula="clamp(x, -1e4, 1e4)^2", bound=lambda b, s: min(b, POW_CLAMP) ** 2)
 def pow2(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Square (energy), input clamped to +-1e4 to stay finite."""
     return torch.clamp(x, -POW_CLAMP, POW_CLAMP).pow(2)
 
 
-@register(formula="clamp(x, -1e4, 1e4)^4")
+@register(formula="clamp(x, -1e4, 1e4)^4", bound=lambda b, s: min(b, POW_CLAMP) ** 4)
 def pow4(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Fourth power, input clamped to +-1e4 so that the result (at most 1e16) stays finite."""
     return torch.clamp(x, -POW_CLAMP, POW_CLAMP).pow(4)
@@ -115,9 +137,11 @@ def sqrt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ random
-@register(formula="x * m / 0.9, m ~ Bernoulli(0.9) shared by both sides; x in eval mode", random=True)
+@register(formula="x * m / 0.9, m ~ Bernoulli(0.9) shared by both sides; x in eval mode", random=True,
+          bound=lambda b, s: b / (1.0 - DROP_PROB))
 def drop(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
-    """Dropout with p = 0.1, one mask per call shared by student and teacher, off in eval mode."""
+    """Dropout with p = 0.1, one mask per call shared by student and teacher, off in eval mode. When the two
+    sides differ in width (no connector), the mask is drawn per sample and position and spans all channels."""
     if not ctx.training:
         return x
     keep = ctx.bernoulli(tuple(x.shape), 1.0 - DROP_PROB, x.device, x.dtype)
@@ -141,7 +165,8 @@ def no(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- attention
-@register(formula="x * L * softmax_positions(mean_C |x|)", ranks=frozenset({3, 4}))
+@register(formula="x * L * softmax_positions(mean_C |x|)", ranks=frozenset({3, 4}),
+          bound=lambda b, s: b * math.prod(s[2:]))
 def satt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Spatial attention: re-weights every position by the softmax of its mean absolute channel response
     (scaled by the number of positions L so the mean weight is 1). Returns the re-weighted feature."""
@@ -150,7 +175,7 @@ def satt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return (flat * weights).reshape(x.shape)
 
 
-@register(formula="x * C * softmax_C(mean_positions |x|)")
+@register(formula="x * C * softmax_C(mean_positions |x|)", bound=lambda b, s: b * s[1])
 def catt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Channel attention: re-weights every channel by the softmax over channels of its mean absolute response
     (scaled by C so the mean weight is 1). Returns the re-weighted feature, channels on axis 1."""
@@ -159,7 +184,7 @@ def catt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return x * weights.reshape(*weights.shape, *([1] * (x.dim() - 2)))
 
 
-@register(formula="x * N * softmax_N(mean |x| per sample)")
+@register(formula="x * N * softmax_N(mean |x| per sample)", bound=lambda b, s: b * BATCH_BOUND)
 def natt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Sample attention: re-weights every sample by the softmax over the batch of its mean absolute response
     (scaled by N so the mean weight is 1)."""
@@ -169,14 +194,15 @@ def natt(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ relations
 @register(formula="F F^T / L with F = x as (N, C, L): per-sample channel Gram (N, C, C)",
-          ranks=frozenset({3, 4}), out_shape=lambda s: (s[0], s[1], s[1]))
+          ranks=frozenset({3, 4}), out_shape=lambda s: (s[0], s[1], s[1]), bound=lambda b, s: b * b, squares=True)
 def bmm(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Per-sample inter-channel Gram matrix (the relation ICKD distils), normalised by the number of positions."""
     flat = _positions(x)
     return torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[2]
 
 
-@register(formula="X X^T / D with X = x as (N, D): batch Gram (N, N)", out_shape=lambda s: (s[0], s[0]))
+@register(formula="X X^T / D with X = x as (N, D): batch Gram (N, N)", out_shape=lambda s: (s[0], s[0]),
+          bound=lambda b, s: b * b, squares=True)
 def mm(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Batch Gram matrix: the similarity of every pair of samples (the relation SP distils)."""
     flat = _per_sample(x)
@@ -248,8 +274,9 @@ def _register_local(cells: int) -> None:
         f"rejects it."
     )
     register(f"local_s{cells}", formula=f"x - mean over its cell of a {cells}x{cells} grid",
-             ranks=frozenset({3, 4}), idempotent=True,
-             degenerate=lambda s: all(size <= cells for size in s[2:]))(local)
+             ranks=frozenset({3, 4}), idempotent=True, bound=lambda b, s: 2 * b,
+             degenerate=lambda s: f"every cell of its {cells}x{cells} grid holds one position, so it returns all "
+                                  f"zeros" if all(size <= cells for size in s[2:]) else "")(local)
 
 
 for _radius in (1, 2, 4):
@@ -263,11 +290,13 @@ def _l2_normalize_positions(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(_positions(x), dim=2, eps=EPS).reshape(x.shape)
 
 
-register("norm_HW", formula="x / ||x||_2 over positions", ranks=frozenset({3, 4}), idempotent=True)(
+register("norm_HW", formula="x / ||x||_2 over positions", ranks=frozenset({3, 4}), idempotent=True,
+         degenerate=_one_position, squares=True, bound=_unit)(
     lambda x, ctx: _l2_normalize_positions(x))
-register("norm_C", formula="x / ||x||_2 over channels", idempotent=True)(
+register("norm_C", formula="x / ||x||_2 over channels", idempotent=True, degenerate=_one_channel, squares=True,
+         bound=_unit)(
     lambda x, ctx: F.normalize(x, dim=1, eps=EPS))
-register("norm_N", formula="x / ||x||_2 over the batch", idempotent=True)(
+register("norm_N", formula="x / ||x||_2 over the batch", idempotent=True, squares=True, bound=_unit)(
     lambda x, ctx: F.normalize(x, dim=0, eps=EPS))
 
 
@@ -275,18 +304,25 @@ def _over_positions(fn, x: torch.Tensor) -> torch.Tensor:
     return fn(_positions(x), dim=2).reshape(x.shape)
 
 
-register("softmax_N", formula="softmax over the batch axis")(lambda x, ctx: torch.softmax(x, dim=0))
-register("softmax_C", formula="softmax over channels")(lambda x, ctx: torch.softmax(x, dim=1))
-register("softmax_HW", formula="softmax over positions", ranks=frozenset({3, 4}))(
+register("softmax_N", formula="softmax over the batch axis", bound=_unit)(lambda x, ctx: torch.softmax(x, dim=0))
+register("softmax_C", formula="softmax over channels", degenerate=_one_channel, bound=_unit)(
+    lambda x, ctx: torch.softmax(x, dim=1))
+register("softmax_HW", formula="softmax over positions", ranks=frozenset({3, 4}), degenerate=_one_position,
+         bound=_unit)(
     lambda x, ctx: _over_positions(torch.softmax, x))
-register("logsoftmax_N", formula="log-softmax over the batch axis (dim 0)")(
+register("logsoftmax_N", formula="log-softmax over the batch axis (dim 0)",
+         bound=lambda b, s: 2 * b + math.log(BATCH_BOUND))(
     lambda x, ctx: torch.log_softmax(x, dim=0))
-register("logsoftmax_C", formula="log-softmax over channels")(lambda x, ctx: torch.log_softmax(x, dim=1))
-register("logsoftmax_HW", formula="log-softmax over positions", ranks=frozenset({3, 4}))(
+register("logsoftmax_C", formula="log-softmax over channels", degenerate=_one_channel,
+         bound=lambda b, s: 2 * b + math.log(s[1]))(
+    lambda x, ctx: torch.log_softmax(x, dim=1))
+register("logsoftmax_HW", formula="log-softmax over positions", ranks=frozenset({3, 4}),
+         degenerate=_one_position, bound=lambda b, s: 2 * b + math.log(math.prod(s[2:])))(
     lambda x, ctx: _over_positions(torch.log_softmax, x))
 
 
-@register(formula="x / sqrt(mean_sample(x^2) + 1e-6)", idempotent=True)
+@register(formula="x / sqrt(mean_sample(x^2) + 1e-6)", idempotent=True, degenerate=_one_entry,
+          bound=lambda b, s: math.sqrt(math.prod(s[1:])), squares=True)
 def scale(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Per-sample scale normalisation: divides each sample by its root-mean-square, removing magnitude
     differences between teacher and student while keeping signs and relative sizes."""
@@ -294,7 +330,8 @@ def scale(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return x / _broadcast_per_sample(rms, x)
 
 
-@register(formula="(x - min_sample) / (max_sample - min_sample + 1e-6)", idempotent=True)
+@register(formula="(x - min_sample) / (max_sample - min_sample + 1e-6)", idempotent=True,
+          degenerate=_one_entry, bound=_unit)
 def min_max_normalize(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Per-sample min-max scaling into [0, 1] (per sample, never across the batch)."""
     flat = _per_sample(x)
@@ -303,7 +340,8 @@ def min_max_normalize(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     return (x - _broadcast_per_sample(low, x)) / _broadcast_per_sample(span + EPS, x)
 
 
-@register(formula="(x - mean_{N,positions}) / sqrt(var_{N,positions} + 1e-5), per channel", idempotent=True)
+@register(formula="(x - mean_{N,positions}) / sqrt(var_{N,positions} + 1e-5), per channel", idempotent=True,
+          bound=lambda b, s: math.sqrt(BATCH_BOUND * math.prod(s[2:])), squares=True)
 def batchnorm(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Batch standardisation per channel without learned affine parameters or running statistics: plain
     standardisation, the same function on both sides and in every call."""
@@ -317,7 +355,7 @@ ZSCORE_EPS = 1e-7
 
 
 @register(formula="(x - mean_C x) / (std_C x + 1e-7), std with Bessel's correction (C - 1)",
-          degenerate=lambda s: s[1] < 2)
+          degenerate=_one_channel, bound=lambda b, s: math.sqrt(s[1]))
 def zscore_C(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     """Standardisation over channels (classes, for logits): subtracts each sample's (and position's) mean over
     C and divides by its standard deviation over C, so that only the relations between the C values remain.

@@ -34,8 +34,12 @@ from kdzero.errors import ConfigError, suggest
 from kdzero.proxy import ProxyConfig
 from kdzero.scoring import ScoreWeights
 
-# Settings that define what a run measures; resuming a run with any of them changed is refused.
-IDENTITY_FIELDS = ("dataset", "teacher", "teacher_ckpt", "student", "space", "seed", "normalize")
+# Settings a run may change when it is resumed. Everything else (pair, data, space, sampler, seed, proxy budget,
+# score weights) defines what a score means: changing it would mix two kinds of score in one leaderboard.
+FREE_FIELDS = ("name", "data_root", "device", "devices", "threads", "workers", "group_size", "storage", "study",
+               "runs_dir", "proxy.device", "proxy.channels_last")
+# Settings that only extend a finished run: more iterations, a larger population.
+EXTENDING_FIELDS = ("iterations", "population")
 
 
 @dataclass
@@ -115,13 +119,36 @@ class SearchConfig:
             target[leaf] = value
         return _build(SearchConfig, data, source)
 
-    def check_resumable(self, saved: dict[str, Any]) -> None:
-        """Refuse to resume a run whose identity settings differ from ``saved``."""
-        changed = [f"{k}: {saved.get(k)!r} -> {getattr(self, k)!r}" for k in IDENTITY_FIELDS
-                   if k in saved and saved[k] != getattr(self, k)]
-        if changed:
-            raise ConfigError(f"run {self.name!r} already exists with other settings ({'; '.join(changed)}); "
-                              f"use another --name or the same settings")
+    def check_resumable(self, saved: dict[str, Any]) -> list[str]:
+        """Compare with the ``saved`` config of an existing run: refuse any change of what a score means (one
+        line that says to pass ``--name NEW`` or ``--fresh``); return the changes that only extend the run
+        (``iterations``, a larger ``population``) as lines to tell the user. Free settings (device, workers,
+        threads, storage, ...) are neither."""
+        now = _flatten(json.loads(json.dumps(self.to_dict())))
+        before = _flatten(json.loads(json.dumps(saved)))
+        refused, extended = [], []
+        for key in sorted(before):
+            if key in FREE_FIELDS or key not in now or before[key] == now[key]:
+                continue
+            change = f"{key} {before[key]!r} -> {now[key]!r}"
+            growing = key in EXTENDING_FIELDS and (key == "iterations" or now[key] > before[key])
+            (extended if growing else refused).append(change)
+        if refused:
+            raise ConfigError(f"run {self.name!r} was scored with other settings ({'; '.join(refused)}); a change "
+                              f"would mix two kinds of score in one leaderboard: pass --name NEW for a new run, "
+                              f"or --fresh to discard this one and start again (in Python: name=, fresh=True)")
+        return extended
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"proxy": {"steps": 3}}`` -> ``{"proxy.steps": 3}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def load_config(path: str | Path) -> SearchConfig:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import optuna
 import torch
@@ -22,6 +23,7 @@ from kdzero.genome import Genome, SearchSpace
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
 from kdzero.proxy import ProxyResult, ProxyTask, auto_group_size, evaluate
+from kdzero.search import record
 from kdzero.search import study as studies
 from kdzero.search.config import SearchConfig
 from kdzero.search.evolution import ShapeCheck
@@ -57,18 +59,12 @@ def configure_torch(config: SearchConfig) -> None:
 def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, int], None] | None = None,
                device: str | None = None) -> ProxyTask:
     """Data, teacher (loaded, or trained once for digits) and student factory of a run, as a ProxyTask."""
-    from kdzero.train import describe_teacher, ensure_teacher, load_data
+    from kdzero.train import describe_teacher, load_data
 
     data = load_data(config.dataset, config.data_root, normalize=config.normalize)
     teacher = create_model(config.teacher, num_classes=data.num_classes, in_chans=data.in_chans)
     create_model(config.student, num_classes=data.num_classes, in_chans=data.in_chans)  # fail fast on a bad name
-    checkpoint = config.teacher_ckpt
-    if checkpoint is None:
-        if config.dataset != "digits":
-            raise ConfigError(f"--teacher-ckpt is required for dataset {config.dataset!r} (train one with "
-                              f"'kdzero train-teacher --model {config.teacher} --dataset {config.dataset}')")
-        log(f"built-in teacher: {config.teacher} on digits (trained once, kept in {config.run_dir / 'teacher'})")
-        checkpoint = ensure_teacher(config.teacher, data, root=config.run_dir / "teacher", progress=False, log=log)
+    checkpoint = _teacher_checkpoint(config, data, log)
     load_checkpoint(teacher, checkpoint)
     proxy_config = config.proxy
     proxy_config.device = device or config.device
@@ -80,6 +76,19 @@ def build_task(config: SearchConfig, log: Log = print, progress: Callable[[int, 
     task = ProxyTask(teacher, factory, data, proxy_config, config.run_dir / "cache", log=log, progress=progress)
     log(describe_teacher(config.teacher, checkpoint, 100 * task.teacher_val_acc, measured_on="proxy validation"))
     return task
+
+
+def _teacher_checkpoint(config: SearchConfig, data, log: Log):
+    """The run's teacher checkpoint: the given file, or on digits the built-in teacher (trained once)."""
+    from kdzero.train import ensure_teacher
+
+    if config.teacher_ckpt is not None:
+        return config.teacher_ckpt
+    if config.dataset != "digits":
+        raise ConfigError(f"--teacher-ckpt is required for dataset {config.dataset!r} (train one with "
+                          f"'kdzero train-teacher --model {config.teacher} --dataset {config.dataset}')")
+    log(f"built-in teacher: {config.teacher} on digits (trained once, kept in {config.run_dir / 'teacher'})")
+    return ensure_teacher(config.teacher, data, root=config.run_dir / "teacher", progress=False, log=log)
 
 
 @dataclass
@@ -122,11 +131,57 @@ def prepare_run(config: SearchConfig, is_valid: Callable[[Genome], bool] | None 
                              log=log)
     study = studies.create_or_load_study(storage, config.study_name, sampler)
     saved_config = study.user_attrs.get(studies.CONFIG_ATTR)
-    if saved_config is not None:
-        config.check_resumable(saved_config)
+    extended = config.check_resumable(saved_config) if saved_config is not None else []
     check_run_dir(config)  # only now: a refused run leaves the recorded config as it was
     studies.initialise(study, config.to_dict(), space, config.trials, presets)
+    if saved_config is not None and extended:
+        _extend(study, config, extended, log)
+    elif saved_config is not None:
+        log(f"resuming run {config.name}: {finished_trials(study)} of "
+            f"{study.user_attrs.get(studies.BUDGET_ATTR, config.trials)} planned trials finished")
     return Run(config, storage, study)
+
+
+def _extend(study: optuna.Study, config: SearchConfig, changes: list[str], log: Log) -> None:
+    """Continue a run with more iterations or a larger population: record the new budget and config."""
+    before = int(study.user_attrs.get(studies.BUDGET_ATTR, config.trials))
+    study.set_user_attr(studies.BUDGET_ATTR, config.trials)
+    study.set_user_attr(studies.CONFIG_ATTR, json.loads(json.dumps(config.to_dict())))
+    done = finished_trials(study)
+    log(f"continuing run {config.name} ({'; '.join(changes)}): {before} -> {config.trials} planned trials, "
+        f"{done} finished")
+
+
+def discard_run(config: SearchConfig) -> None:
+    """``--fresh``: delete the run's study and its recorded config, pair and log so that it starts again.
+    The teacher-output cache and a built-in teacher stay: they are keyed by content and still valid."""
+    from kdzero.search import record
+
+    storage_path = studies._sqlite_path(config.storage_url)
+    if storage_path is not None and config.storage is None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{storage_path}{suffix}").unlink(missing_ok=True)
+    else:
+        storage = studies.make_storage(config.storage_url, create=False)
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+        if config.study_name in names:
+            optuna.delete_study(study_name=config.study_name, storage=storage)
+    for name in ("config.json", record.PAIR_FILE, record.META_FILE, record.LOG_FILE):
+        (config.run_dir / name).unlink(missing_ok=True)
+
+
+def run_pair(config: SearchConfig, task: ProxyTask) -> record.RunPair:
+    """The resolved pair of a CLI run (what ``pair.json`` stores), from its config and loaded task."""
+    checkpoint = _teacher_checkpoint(config, task.data, log=lambda message: None)
+    path = Path(checkpoint).resolve()
+    proxy = {k: getattr(task.config, k) for k in ("steps", "batch_size", "num_views", "train_subset", "lr")}
+    return record.RunPair(
+        teacher=config.teacher, student=config.student, dataset=config.dataset, normalize=config.normalize,
+        num_classes=task.data.num_classes, in_chans=task.data.in_chans, image_size=list(task.data.image_size),
+        data_root=str(Path(config.data_root).resolve()) if config.data_root else None,
+        teacher_ckpt=str(path), teacher_sha256=record.file_sha256(path),
+        student_shapes={k: list(v) for k, v in task.student_shapes.items()},
+        teacher_shapes={k: list(v) for k, v in task.teacher_shapes.items()}, proxy=proxy)
 
 
 def run_space(config: SearchConfig, presets: list[Genome]) -> SearchSpace:
@@ -333,4 +388,5 @@ def check_device_list(config: SearchConfig) -> list[str]:
 
 
 __all__ = ["Run", "SearchObserver", "build_task", "check_device_list", "check_run_dir", "configure_torch",
-           "ensure_baseline", "open_worker_run", "prepare_run", "remaining_trials", "run_worker", "validity_checker"]
+           "discard_run", "ensure_baseline", "open_worker_run", "prepare_run", "remaining_trials", "run_pair",
+           "run_worker", "validity_checker"]

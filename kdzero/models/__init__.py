@@ -12,6 +12,9 @@ Families (one module each): CIFAR ResNets with 1x1-conv shortcuts (RepDistiller)
 """
 from __future__ import annotations
 
+# isort: off
+from kdzero.models import specs  # first pattern: a name with a colon is always a model spec
+# isort: on
 from kdzero.models import (
     cifar_resnet,
     mobilenetv2,
@@ -41,4 +44,4 @@ __all__ = [
 ]
 
 # imported to register their models
-del cifar_resnet, mobilenetv2, searchable, shufflenetv1, shufflenetv2, torchvision_models, vgg, wrn
+del cifar_resnet, mobilenetv2, searchable, specs, shufflenetv1, shufflenetv2, torchvision_models, vgg, wrn

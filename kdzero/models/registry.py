@@ -26,11 +26,11 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 @dataclass(frozen=True)
 class _Pattern:
-    """A family of model texts: ``matches(text)`` recognises one, ``build(text, num_classes, in_chans)`` builds it,
-    ``example`` shows one in the unknown-model message."""
+    """A family of model texts: ``matches(text)`` recognises one, ``build(text, num_classes, in_chans, **options)``
+    builds it (and says itself which options it refuses), ``example`` shows one in the unknown-model message."""
 
     matches: Callable[[str], bool]
-    build: Callable[[str, int, int], nn.Module]
+    build: Callable[..., nn.Module]
     example: str
 
 
@@ -55,37 +55,31 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def register_model_pattern(matches: Callable[[str], bool], build: Callable[[str, int, int], nn.Module],
-                           example: str) -> None:
-    """Let ``create_model`` accept every name ``matches`` recognises, built by ``build(name, num_classes, in_chans)``.
+def register_model_pattern(matches: Callable[[str], bool], build: Callable[..., nn.Module], example: str = "") -> None:
+    """Let ``create_model`` accept every name ``matches`` recognises, built by
+    ``build(name, num_classes, in_chans, **options)``.
 
-    Fixed names win over patterns; ``example`` (e.g. ``"resnet[3,3,3]x[16,32,64]"``) is quoted when a name is
-    unknown, so the message lists every form the registry accepts.
+    Fixed names win over patterns, and earlier patterns over later ones. A non-empty ``example`` (e.g.
+    ``"resnet[3,3,3]x[16,32,64]"``) is quoted when a name is unknown.
     """
     _PATTERNS.append(_Pattern(matches, build, example))
 
 
 def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **kw: Any) -> nn.Module:
-    """Build registered model ``name`` (case and ``-``/``_`` insensitive) with fresh weights; a name with a colon
-    is a model spec (``torchvision:NAME``, ``timm:NAME``, ``package.module:function``; ``kdzero.models.specs``).
+    """Build registered model ``name`` (case and ``-``/``_`` insensitive) with fresh weights, or a name that a
+    registered pattern recognises: a model spec with a colon (``torchvision:NAME``, ``timm:NAME``,
+    ``package.module:function``; ``kdzero.models.specs``) or a searched architecture text
+    (``kdzero.models.searchable``).
 
     Raises ``ConfigError`` with close names for an unknown model, a non-positive class or channel count, or an
     option the factory does not take.
     """
-    if ":" in str(name):  # torchvision:NAME, timm:NAME, package.module:function (kdzero.models.specs)
-        from kdzero.models.specs import build_model
-
-        if kw:
-            raise ConfigError(f"model {name!r}: give options in the spec (NAME?kw=v), got {', '.join(kw)}")
-        return build_model(str(name), num_classes=num_classes, in_chans=in_chans)
     key = _normalise(str(name))
     pattern = None if key in _MODELS else next((p for p in _PATTERNS if p.matches(str(name))), None)
     if pattern is not None:
-        if kw:
-            raise ConfigError(f"model {name!r}: architecture texts take no options, got {', '.join(kw)}")
-        return pattern.build(str(name), num_classes, in_chans)
+        return pattern.build(str(name), num_classes, in_chans, **kw)
     if key not in _MODELS:
-        examples = " or ".join(p.example for p in _PATTERNS)
+        examples = " or ".join(p.example for p in _PATTERNS if p.example)
         hint = f" (or a searched architecture text such as {examples})" if examples else ""
         raise ConfigError(f"unknown model {name!r}; {suggest(key, list_models())}{hint}")
     for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):

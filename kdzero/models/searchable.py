@@ -155,4 +155,11 @@ def is_architecture_text(name: str) -> bool:
     return compact.startswith("resnet[") or compact.startswith("wrn_d")
 
 
-register_model_pattern(is_architecture_text, create_student, example="resnet[3,3,3]x[16,32,64] or wrn_d16_w2")
+def _build_student(arch_text: str, num_classes: int, in_chans: int, **options: object) -> nn.Module:
+    """``create_student`` as a registry pattern's builder: an architecture text carries every option itself."""
+    if options:
+        raise ConfigError(f"model {arch_text!r}: architecture texts take no options, got {', '.join(options)}")
+    return create_student(arch_text, num_classes, in_chans)
+
+
+register_model_pattern(is_architecture_text, _build_student, example="resnet[3,3,3]x[16,32,64] or wrn_d16_w2")

@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "ops": 1,
     "genome": 2,
     "genome_key": 2,
+    "genome_numbers": 2,
     "presets": 2,
     "loss": 2,
     "models": 2,

@@ -24,6 +24,9 @@ Pairs and budgets:
   crop + flip), top-1 on a ``--test-subset``-image class-balanced test subset. The budget is written into the
   markdown output.
 
+The script runs the study; ``correlation_stats.py`` holds its statistics and ``correlation_report.py`` its CSV
+rows, markdown report and weight calibration.
+
 Partial results are written as they come: ``correlation_<dataset>_proxy.json`` holds the sampled genomes and
 their proxy results, the CSV gets one row per trained genome, and a rerun with the same settings skips what is
 already done (``--fresh`` starts over); ``--genomes`` may be raised on a rerun to add genomes.
@@ -44,11 +47,7 @@ Spearman between -score and final top-1 over the given runs.
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
-import itertools
 import json
-import math
 import random
 import subprocess
 import sys
@@ -57,9 +56,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy import stats
 
 from kdzero.data import proxy_subset
 from kdzero.genome import SHRUNK_SPACE, Genome
@@ -67,21 +64,17 @@ from kdzero.loss import UnifiedLoss
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
 from kdzero.proxy import CPU_GROUP, ProxyConfig, ProxyResult, ProxyTask, evaluate
-from kdzero.scoring import ScoreWeights
 from kdzero.train import TrainConfig, ensure_teacher, load_data, train_model
+
+# The study's helper modules live beside this script; the path also lets tests load the script by file name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from correlation_report import RETRAIN_FIELDS, append_row, calibrate, read_rows, write_markdown
+from correlation_stats import noise_ceiling, retrain_lines, seed_lines  # noqa: F401 - the tests' entry points
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 TEACHER_CKPT = SHARED / "teachers" / "akamaster-cifar10" / "resnet56-4bfd9763.th"
 ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
-CSV_FIELDS = ["name", "genome", "val_ce", "val_acc", "sharpness", "s_gap", "cka_gap", "score", "proxy_s",
-              "best_acc", "last_acc", "train_s"]
-RETRAIN_FIELDS = ["name", "genome", "train_seed", "best_acc", "last_acc", "train_s"]
-PREDICTORS = [("-CE", ("val_ce",)), ("-S-gap", ("s_gap",)), ("-CKA-gap", ("cka_gap",)),
-              ("-(CE+S-gap)", ("val_ce", "s_gap")), ("-(CE+CKA-gap)", ("val_ce", "cka_gap")),
-              ("-(CE+S-gap+CKA-gap)", ("val_ce", "s_gap", "cka_gap"))]
-WEIGHT_FIELD = {"val_ce": "ce", "s_gap": "s_gap", "cka_gap": "cka_gap"}
-GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def log(message: str) -> None:
@@ -252,29 +245,6 @@ def sample_and_score(task: ProxyTask, args: argparse.Namespace, state: dict, sta
 # ------------------------------------------------------------------------------------------------ training stage
 
 
-def read_rows(path: Path, fields: list[str] = CSV_FIELDS) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for key in fields[2:]:
-            row[key] = float(row[key])
-    return rows
-
-
-def append_row(path: Path, row: dict, fields: list[str] = CSV_FIELDS) -> None:
-    """Append one row under an exclusive lock, so shards (``--shard``) can share the CSV."""
-    with open(path, "a", newline="") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        if handle.tell() == 0:
-            writer.writeheader()
-        writer.writerow({k: row[k] for k in fields})
-        handle.flush()
-        fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def train_one(genome: Genome, data, teacher, student_name: str, shapes, args: argparse.Namespace,
               seed: int | None = None) -> tuple:
     """(best, last top-1, seconds) of one full training; ``seed`` (default ``--seed``) sets the initialisation,
@@ -292,217 +262,6 @@ def train_one(genome: Genome, data, teacher, student_name: str, shapes, args: ar
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-
-
-def metric_value(row: dict, keys: tuple[str, ...], weights: ScoreWeights) -> float:
-    return sum(getattr(weights, WEIGHT_FIELD[k]) * row[k] for k in keys)
-
-
-def predictor_value(row: dict, keys: tuple[str, ...], weights: ScoreWeights) -> float:
-    """A predictor's raw value: the proxy's top-1 for ``("val_acc",)``, else the weighted metric sum."""
-    return row["val_acc"] if keys == ("val_acc",) else metric_value(row, keys, weights)
-
-
-def correlations(rows: list[dict], weights: ScoreWeights) -> list[tuple[str, float, float, float]]:
-    acc = [r["last_acc"] for r in rows]
-    out = []
-    for name, keys in PREDICTORS:
-        pred = [-metric_value(r, keys, weights) for r in rows]
-        out.append((name, stats.pearsonr(pred, acc)[0], stats.spearmanr(pred, acc)[0],
-                    stats.kendalltau(pred, acc)[0]))
-    pred = [r["val_acc"] for r in rows]
-    out.append(("+proxy val top-1 (reference)", stats.pearsonr(pred, acc)[0], stats.spearmanr(pred, acc)[0],
-                stats.kendalltau(pred, acc)[0]))
-    return out
-
-
-def budget_lines(rows: list[dict], budgets: dict[int, dict], main_steps: int,
-                 weights: ScoreWeights) -> list[str]:
-    """The proxy budget study as a markdown table: Spearman of each predictor against final top-1 per budget."""
-    table = {main_steps: {r["genome"]: r for r in rows}}
-    for steps, results in budgets.items():
-        table[steps] = {g: {**r, "proxy_s": r["seconds"]} for g, r in results.items()
-                        if r.get("score") is not None}
-    names = [n for n, _ in PREDICTORS]
-    lines = ["Proxy budget study: the same genomes and final accuracies, proxy-scored at several step budgets "
-             "(Spearman with final top-1; weights as above):", "",
-             f"| proxy steps | n | {' | '.join(names)} | proxy top-1 | proxy s/genome |",
-             "|---:|---:|" + "---:|" * (len(names) + 2)]
-    for steps in sorted(table):
-        scored = [(table[steps][r["genome"]], r["last_acc"]) for r in rows if r["genome"] in table[steps]]
-        if len(scored) < 3:
-            continue
-        acc = [a for _, a in scored]
-        cells = [stats.spearmanr([-metric_value(p, keys, weights) for p, _ in scored], acc)[0]
-                 for _, keys in PREDICTORS]
-        cells.append(stats.spearmanr([p["val_acc"] for p, _ in scored], acc)[0])
-        seconds = sum(p["proxy_s"] for p, _ in scored) / len(scored)
-        lines.append(f"| {steps}{' (main)' if steps == main_steps else ''} | {len(scored)} | "
-                     + " | ".join(f"{c:.3f}" for c in cells) + f" | {seconds:.1f} |")
-    return [*lines, ""]
-
-
-def seed_lines(rows: list[dict], seeds: dict[int, dict], main_seed: int, weights: ScoreWeights) -> list[str]:
-    """The proxy reliability study as a markdown table: per predictor, its Spearman with final top-1 at each proxy
-    seed, how well the seeds agree with each other (mean pairwise Spearman of the metric itself), and the Spearman
-    of the seed-averaged metric. Agreement between seeds bounds what any single proxy run can predict."""
-    runs = {main_seed: {r["genome"]: r for r in rows}}
-    runs.update({seed: {g: r for g, r in results.items() if r.get("score") is not None}
-                 for seed, results in seeds.items()})
-    genomes = [r["genome"] for r in rows if all(r["genome"] in run for run in runs.values())]
-    if len(genomes) < 3 or len(runs) < 2:
-        return []
-    final = {r["genome"]: r["last_acc"] for r in rows}
-    acc = [final[g] for g in genomes]
-    order = sorted(runs)
-    lines = [f"Proxy reliability study: the same genomes (n={len(genomes)}) and final accuracies, proxy-scored with "
-             f"{len(order)} proxy seeds (initialisation, batch order, augmented views and proxy train images); "
-             "Spearman with final top-1 per seed, the mean pairwise Spearman between seeds of the metric itself, "
-             "and the Spearman of the metric averaged over the seeds:", "",
-             f"| predictor | {' | '.join(f'seed {s}' for s in order)} | seed-to-seed | seed-averaged |",
-             "|---|" + "---:|" * (len(order) + 2)]
-    predictors = [(name, keys, -1.0) for name, keys in PREDICTORS] + [("+proxy val top-1", ("val_acc",), 1.0)]
-    for name, keys, sign in predictors:
-        per_seed = {s: [sign * predictor_value(runs[s][g], keys, weights) for g in genomes] for s in order}
-        agreement = [stats.spearmanr(per_seed[a], per_seed[b])[0] for a, b in itertools.combinations(order, 2)]
-        averaged = [sum(per_seed[s][i] for s in order) / len(order) for i in range(len(genomes))]
-        cells = [stats.spearmanr(per_seed[s], acc)[0] for s in order]
-        cells += [sum(agreement) / len(agreement), stats.spearmanr(averaged, acc)[0]]
-        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    return [*lines, ""]
-
-
-def noise_ceiling(accuracies: list[float], sigma: float, draws: int = 2000) -> float:
-    """Expected Spearman between the observed final accuracies and the same accuracies plus N(0, sigma^2) noise:
-    roughly the best Spearman any predictor can reach when each final accuracy carries training noise sigma."""
-    rng = np.random.default_rng(0)
-    acc = np.asarray(accuracies, dtype=float)
-    return float(np.mean([stats.spearmanr(acc, acc + rng.normal(0.0, sigma, acc.size))[0] for _ in range(draws)]))
-
-
-def retrain_lines(rows: list[dict], retrained: list[dict]) -> list[str]:
-    """Final-accuracy reproducibility (``--retrain``): the same genome trained with another training seed."""
-    first = {r["genome"]: r for r in rows}
-    pairs = [(first[r["genome"]], r) for r in retrained if r["genome"] in first]
-    if not pairs:
-        return []
-    deltas = [b["last_acc"] - a["last_acc"] for a, b in pairs]
-    sigma = math.sqrt(sum(d * d for d in deltas) / (2 * len(deltas)))  # Var(a - b) = 2 sigma^2
-    acc = [r["last_acc"] for r in rows]
-    lines = [f"Final-accuracy reproducibility: {len(pairs)} genome{'s' if len(pairs) > 1 else ''} trained again "
-             f"with training seed "
-             f"{int(pairs[0][1]['train_seed'])} (initialisation, batch order, augmentation; same data). Training "
-             f"noise sigma = sqrt(mean(delta^2) / 2) = {sigma:.2f} points; with that noise on every final accuracy, "
-             f"even a perfect predictor would reach a Spearman of about {noise_ceiling(acc, sigma):.3f} on these "
-             f"{len(rows)} genomes (simulated).", "",
-             "| genome | final top-1 % | retrained top-1 % | delta |", "|---|---:|---:|---:|"]
-    for (a, b), d in zip(pairs, deltas):
-        lines.append(f"| `{a['genome']}` | {a['last_acc']:.2f} | {b['last_acc']:.2f} | {d:+.2f} |")
-    if len(pairs) >= 3:
-        score = [-a["score"] for a, _ in pairs]
-        once = stats.spearmanr(score, [a["last_acc"] for a, _ in pairs])[0]
-        twice = stats.spearmanr(score, [(a["last_acc"] + b["last_acc"]) / 2 for a, b in pairs])[0]
-        lines += ["", f"On these {len(pairs)} genomes, Spearman(-score, final top-1) is {once:.3f} against the first "
-                      f"training and {twice:.3f} against the mean of both: how much a less noisy yardstick changes "
-                      "the verdict."]
-    return [*lines, ""]
-
-
-def write_markdown(path: Path, rows: list[dict], state: dict, note: str, args: argparse.Namespace,
-                   weights: ScoreWeights, expected: int, elapsed: float, budgets: dict[int, dict],
-                   seeds: dict[int, dict], retrained: list[dict]) -> str:
-    lines = [f"# Proxy metrics vs final accuracy ({args.dataset})", "", note + ".", "",
-             f"Score weights in force: ce {weights.ce:g}, s_gap {weights.s_gap:g}, cka_gap {weights.cka_gap:g}. "
-             "Sign convention: each metric is lower-is-better and is negated, so a positive coefficient means the "
-             "metric predicts accuracy. Final accuracy = top-1 (%) after the last epoch.", ""]
-    if len(rows) < expected:
-        lines += [f"**Partial: {len(rows)} of {expected} genomes trained.**", ""]
-    rejected = state.get("rejected", [])
-    preset_rej = [n for n, r in state.get("presets", {}).items() if r["status"] != "complete"]
-    lines += [f"Random genomes: {state.get('drawn', 0)} drawn, {state.get('static_invalid', 0)} statically invalid "
-              f"for the pair, {len(rejected)} rejected by the proxy (stages: "
-              f"{', '.join(sorted({r['stage'] for r in rejected})) or '-'}), {len(state.get('random', []))} "
-              f"accepted. Presets rejected by the proxy: {', '.join(preset_rej) or 'none'}; statically invalid: "
-              f"{', '.join(state.get('static_invalid_presets', [])) or 'none'}.", ""]
-    base = state.get("baseline")
-    if base:
-        lines += [f"CE-only student on the proxy: val CE {base['val_ce']:.4f}, S-gap {base['s_gap']:.4f}, "
-                  f"CKA-gap {base['cka_gap']:.4f}, val top-1 {100 * base['val_acc']:.2f}%.", ""]
-    if len(rows) >= 3:
-        lines += [f"| predictor (n={len(rows)}) | Pearson | Spearman | Kendall |", "|---|---:|---:|---:|"]
-        lines += [f"| {n} | {p:.3f} | {s:.3f} | {k:.3f} |" for n, p, s, k in correlations(rows, weights)]
-        lines += [""]
-    bf16 = state.get("bf16", {})
-    paired = [r for r in rows if bf16.get(r["genome"], {}).get("score") is not None]
-    if len(paired) >= 3:
-        fp32_scores = [r["score"] for r in paired]
-        bf16_scores = [bf16[r["genome"]]["score"] for r in paired]
-        acc = [r["last_acc"] for r in paired]
-        bf16_seconds = sum(bf16[r["genome"]]["seconds"] for r in paired)
-        lines += [f"bf16-autocast proxy (the same genomes, n={len(paired)}): Spearman with the fp32 proxy's score "
-                  f"{stats.spearmanr(fp32_scores, bf16_scores)[0]:.3f}; Spearman(-score, final top-1) "
-                  f"{stats.spearmanr([-x for x in bf16_scores], acc)[0]:.3f} (fp32 proxy: "
-                  f"{stats.spearmanr([-x for x in fp32_scores], acc)[0]:.3f}); proxy seconds per genome "
-                  f"{bf16_seconds / len(paired):.1f} (fp32: {sum(r['proxy_s'] for r in paired) / len(paired):.1f}).",
-                  ""]
-    if budgets and len(rows) >= 3:
-        lines += budget_lines(rows, budgets, args.proxy_steps, weights)
-    if seeds and len(rows) >= 3:
-        lines += seed_lines(rows, seeds, args.seed, weights)
-    if retrained and len(rows) >= 3:
-        lines += retrain_lines(rows, retrained)
-    lines += ["| genome | val CE | S-gap | CKA-gap | score | proxy top-1 % | final top-1 % | best top-1 % |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: r["score"]):
-        label = f"{r['name']} `{r['genome']}`" if r["name"] != "random" else f"`{r['genome']}`"
-        lines.append(f"| {label} | {r['val_ce']:.4f} | {r['s_gap']:.4f} | {r['cka_gap']:.4f} | {r['score']:.4f} "
-                     f"| {100 * r['val_acc']:.2f} | {r['last_acc']:.2f} | {r['best_acc']:.2f} |")
-    command = " ".join(["python", "experiments/correlation.py", *sys.argv[1:]])
-    training_hours = (sum(r["train_s"] for r in rows) + sum(r["train_s"] for r in retrained)) / 3600
-    lines += ["", f"Wall time of this invocation: {elapsed / 60:.1f} min; the full trainings behind these tables "
-              f"took {training_hours:.1f} h of one thread in all (resumed and sharded runs included). Command: "
-              f"`{command}`"]
-    text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
-
-
-def calibrate(paths: list[Path], out: Path) -> str:
-    """Grid-search (ce=1, s_gap, cka_gap) for the largest mean Spearman of -score vs final top-1."""
-    stems = [p.stem for p in paths]
-    # Runs of one dataset share a file name (correlation_cifar10jpeg.csv): name those by their folder too.
-    runs = {(f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem): read_rows(p) for p in paths}
-    if len(runs) < len(paths):
-        raise SystemExit(f"--calibrate was given the same run twice: {', '.join(map(str, paths))}")
-    table = []
-    for s_w, c_w in itertools.product(GRID, GRID):
-        w = ScoreWeights(1.0, s_w, c_w)
-        per = {name: stats.spearmanr([-w.combine(r["val_ce"], r["s_gap"], r["cka_gap"]) for r in rows],
-                                     [r["last_acc"] for r in rows])[0] for name, rows in runs.items()}
-        table.append((sum(per.values()) / len(per), s_w, c_w, per))
-    best = max(t[0] for t in table)
-    # Simplest within 0.02 of the best: fewest non-zero extra weights, then weights closest to 1 (equal mix).
-    near = [t for t in table if t[0] >= best - 0.02]
-    chosen = min(near, key=lambda t: ((t[1] != 0) + (t[2] != 0), abs(math.log2(t[1] or 1)) + abs(math.log2(t[2] or 1)),
-                                      -t[0]))
-    names = list(runs)
-    lines = ["# ScoreWeights calibration", "",
-             f"Grid: ce = 1, s_gap and cka_gap in {list(GRID)}; objective: mean over runs of Spearman(-score, final "
-             f"top-1). Runs: {', '.join(f'{n} (n={len(runs[n])})' for n in names)}.", "",
-             f"Best mean Spearman {best:.3f}; chosen (simplest within 0.02 of the best: fewest non-zero weights, "
-             f"then nearest to 1): ce 1, s_gap {chosen[1]:g}, cka_gap {chosen[2]:g}, mean Spearman "
-             f"{chosen[0]:.3f} ({', '.join(f'{n} {chosen[3][n]:.3f}' for n in names)}).", "",
-             "With so few points (each Spearman has a standard error of roughly 1/sqrt(n-1) ~ 0.25-0.3) the ranking "
-             "of nearby grid points is mostly noise; the choice is a weak preference, not a measurement.", "",
-             f"| s_gap | cka_gap | mean | {' | '.join(names)} |", "|---:|---:|---:|" + "---:|" * len(names)]
-    for mean, s_w, c_w, per in sorted(table, key=lambda t: -t[0]):
-        lines.append(f"| {s_w:g} | {c_w:g} | {mean:.3f} | {' | '.join(f'{per[n]:.3f}' for n in names)} |")
-    text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "correlation_calibration.md").write_text(text)
-    return text
-
-
 # ------------------------------------------------------------------------------------------------ main
 
 

@@ -11,8 +11,7 @@ from kdzero.features import Features
 from kdzero.genome import Genome, SearchSpace
 from kdzero.loss import UnifiedLoss
 from kdzero.presets import PRESETS
-
-__version__ = "0.1.0"
+from kdzero.version import __version__
 
 
 def leaderboard(run: str | None = None, *, storage: str | None = None, study: str | None = None, **kwargs):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
-import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from kdzero.errors import GenomeError, suggest
 from kdzero.genome_key import canonical_key
+from kdzero.genome_numbers import MAGNITUDE_RANGE as MAGNITUDE_RANGE  # re-exported: part of this module's API
+from kdzero.genome_numbers import TEMPERATURE_RANGE as TEMPERATURE_RANGE
+from kdzero.genome_numbers import clipped, format_number, number_value, parse_number, shown_text
 from kdzero.ops import DISTANCES, INPUT_RANKS, INPUTS, MAGNITUDES, TEMPERATURES, TRANSFORMS, WEIGHTS
 from kdzero.ops.checks import ACTIVATION_BOUND, overflow_reason, student_gradient_vanishes
 
@@ -36,63 +37,6 @@ NUM_SLOTS = 3
 GENES: tuple[str, ...] = ("input", "transform1", "transform2", "transform3", "distance", "weight",
                           "temperature", "magnitude")
 _PROBE_BATCH = 8  # stand-in batch size for shape propagation; any value >= 2 gives the same verdicts
-# Any positive temperature and magnitude is a valid gene; the bounds keep magnitude x T^2 and the division by T
-# far from float32 overflow and underflow while covering every published setting (PKT's weight 3e4, CRD's T 0.07).
-TEMPERATURE_RANGE = (0.01, 1000.0)
-MAGNITUDE_RANGE = (1e-6, 1e6)
-# The number grammar of the text form: ASCII digits only, no sign, no '_', no 'inf' or 'nan'.
-_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
-
-
-def format_number(value: float) -> str:
-    """The canonical text of a temperature or magnitude: an integer without a decimal point when the value is
-    one (below 1e16), otherwise Python's shortest round-tripping repr without its exponent '+' (2.5, 0.01, 1e-05).
-    Grid values print as before (4, 100, 0.1), so texts and study parameters written earlier still match."""
-    value = float(value)
-    if value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return repr(value).replace("e+", "e")
-
-
-def number_value(value: object, field_name: str) -> float:
-    """A temperature or magnitude checked and normalised: a real number (not a bool, not text), finite, positive
-    and inside its documented range; integral temperatures stay ints so that T4 stays ``4``."""
-    low, high = TEMPERATURE_RANGE if field_name == "temperature" else MAGNITUDE_RANGE
-    example = "T4, T2.5" if field_name == "temperature" else "x1, x9, x0.25"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise GenomeError(f"bad {field_name} {_clip(value)} in field {field_name!r}; it must be a number from "
-                          f"{format_number(low)} to {format_number(high)}, e.g. {example}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not (low <= number <= high):  # also refuses nan
-        shown = format_number(number) if math.isfinite(number) else _clip(value)
-        raise GenomeError(f"bad {field_name} {shown} in field {field_name!r}; it must be positive, finite and "
-                          f"from {format_number(low)} to {format_number(high)}, e.g. {example}")
-    if field_name == "temperature" and number.is_integer():
-        return int(number)
-    return number
-
-
-def parse_number(token: str, prefix: str, field_name: str) -> float:
-    """Read ``T<number>`` or ``x<number>`` strictly (see ``_NUMBER``); the error names the token and an example."""
-    example = f"{prefix}4, {prefix}2.5" if prefix == "T" else f"{prefix}1, {prefix}9, {prefix}0.25"
-    body = token[1:] if token[:1] == prefix else None
-    if body is None or _NUMBER.fullmatch(body) is None:
-        raise GenomeError(f"bad {field_name} {_clip(token)}; write {prefix} and a positive number in ASCII digits, "
-                          f"e.g. {example}")
-    return number_value(float(body), field_name)
-
-
-def _text(value: object) -> str:
-    """A bounded text of any value read from JSON (reprlib caps the depth and length of nested lists)."""
-    return value if isinstance(value, str) else reprlib.repr(value)
-
-
-def _clip(token: object, limit: int = 40) -> str:
-    token = _text(token)
-    return repr(token if len(token) <= limit else token[:limit] + "...")
 
 
 @dataclass(frozen=True)
@@ -169,28 +113,29 @@ class Genome:
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, str) or self.input not in INPUTS:
-            raise GenomeError(f"unknown input {_clip(self.input)} in field 'input'; "
-                              f"{suggest(_text(self.input), INPUTS)}")
+            raise GenomeError(f"unknown input {clipped(self.input)} in field 'input'; "
+                              f"{suggest(shown_text(self.input), INPUTS)}")
         if isinstance(self.transforms, str):
             transforms: tuple = (self.transforms,)
         elif isinstance(self.transforms, (list, tuple)):
             transforms = tuple(self.transforms)
         else:
-            raise GenomeError(f"transforms must be a list of {NUM_SLOTS} transform names, got {_clip(self.transforms)}")
+            raise GenomeError(f"transforms must be a list of {NUM_SLOTS} transform names, "
+                              f"got {clipped(self.transforms)}")
         if len(transforms) != NUM_SLOTS:
             raise GenomeError(f"a genome has exactly {NUM_SLOTS} transforms (use 'no' for an empty slot), "
-                              f"got {len(transforms)}: {_clip(','.join(map(_text, transforms)))}")
+                              f"got {len(transforms)}: {clipped(','.join(map(shown_text, transforms)))}")
         for slot, name in enumerate(transforms, start=1):
             if name not in TRANSFORMS:
-                raise GenomeError(f"unknown transform {_clip(name)} in field 'transform{slot}'; "
-                                  f"{suggest(_text(name), TRANSFORMS)}")
+                raise GenomeError(f"unknown transform {clipped(name)} in field 'transform{slot}'; "
+                                  f"{suggest(shown_text(name), TRANSFORMS)}")
         object.__setattr__(self, "transforms", transforms)
         if self.distance not in DISTANCES:
-            raise GenomeError(f"unknown distance {_clip(self.distance)} in field 'distance'; "
-                              f"{suggest(_text(self.distance), DISTANCES)}")
+            raise GenomeError(f"unknown distance {clipped(self.distance)} in field 'distance'; "
+                              f"{suggest(shown_text(self.distance), DISTANCES)}")
         if self.weight not in WEIGHTS:
-            raise GenomeError(f"unknown weight {_clip(self.weight)} in field 'weight'; "
-                              f"{suggest(_text(self.weight), WEIGHTS)}")
+            raise GenomeError(f"unknown weight {clipped(self.weight)} in field 'weight'; "
+                              f"{suggest(shown_text(self.weight), WEIGHTS)}")
         object.__setattr__(self, "temperature", number_value(self.temperature, "temperature"))
         object.__setattr__(self, "magnitude", float(number_value(self.magnitude, "magnitude")))
         object.__setattr__(self, "_key", canonical_key(self.input, transforms, self.distance, self.weight,
@@ -211,11 +156,11 @@ class Genome:
             raise GenomeError(f"empty genome text; expected {GRAMMAR}, e.g. {EXAMPLE}")
         parts = compact.split("|")
         if len(parts) != 5:
-            raise GenomeError(f"genome text {_clip(text)} has {len(parts)} '|'-separated fields, expected 5: "
+            raise GenomeError(f"genome text {clipped(text)} has {len(parts)} '|'-separated fields, expected 5: "
                               f"{GRAMMAR}, e.g. {EXAMPLE}")
         head, distance, weight, temp_token, mag_token = parts
         if "[" not in head or not head.endswith("]") or head.count("[") != 1:
-            raise GenomeError(f"bad knowledge field {_clip(head)}; expected INPUT[T1,T2,T3], "
+            raise GenomeError(f"bad knowledge field {clipped(head)}; expected INPUT[T1,T2,T3], "
                               f"e.g. logit[no,no,no]")
         input_name, slot_text = head[:-1].split("[")
         transforms = tuple(slot_text.split(",")) if slot_text else ()
@@ -240,7 +185,8 @@ class Genome:
         expected = ("input", "transforms", "distance", "weight", "temperature", "magnitude")
         unknown = [k for k in data if k not in expected]
         if unknown:
-            raise GenomeError(f"unknown genome key {_clip(unknown[0])}; {suggest(_text(unknown[0]), expected)}")
+            raise GenomeError(f"unknown genome key {clipped(unknown[0])}; "
+                              f"{suggest(shown_text(unknown[0]), expected)}")
         missing = [k for k in expected if k not in data]
         if missing:
             raise GenomeError(f"genome JSON lacks {', '.join(missing)}")
@@ -259,7 +205,7 @@ class Genome:
         except RecursionError:
             raise GenomeError("genome JSON is nested too deeply; a genome is one flat object") from None
         except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer with too many digits
-            raise GenomeError(f"genome JSON is not valid JSON: {_clip(str(exc), 120)}") from None
+            raise GenomeError(f"genome JSON is not valid JSON: {clipped(str(exc), 120)}") from None
         return cls.from_dict(data)
 
     # ----------------------------------------------------------------------------------------- identity

@@ -52,15 +52,30 @@ class ConnectorBatchNorm(nn.BatchNorm2d):
         return super().forward(x)
 
 
+def map_connector(student_width: int, teacher_width: int) -> nn.Module | None:
+    """A 1x1 conv + batch norm taking the student's feature-map channels to the teacher's; None when they agree."""
+    if student_width == teacher_width:
+        return None
+    return nn.Sequential(nn.Conv2d(student_width, teacher_width, kernel_size=1, bias=False),
+                         ConnectorBatchNorm(teacher_width))
+
+
+def vector_connector(student_width: int, teacher_width: int) -> nn.Module | None:
+    """A linear layer taking the student's embedding width to the teacher's; None when they agree."""
+    if student_width == teacher_width:
+        return None
+    return nn.Linear(student_width, teacher_width)
+
+
 def make_connector(input_name: str, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module | None:
-    """The student-side module that maps its width to the teacher's, or None when widths agree."""
+    """The student-side module that maps its width to the teacher's, or None when widths agree. The exported
+    file (``kdzero.export``) carries the source of ``map_connector``/``vector_connector`` themselves."""
     if student_shape[0] == teacher_shape[0]:
         return None
     if input_name == "feat":
-        return nn.Sequential(nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False),
-                             ConnectorBatchNorm(teacher_shape[0]))
+        return map_connector(int(student_shape[0]), int(teacher_shape[0]))
     if input_name == "emb":
-        return nn.Linear(student_shape[0], teacher_shape[0])
+        return vector_connector(int(student_shape[0]), int(teacher_shape[0]))
     raise GenomeError(f"student has {student_shape[0]} classes and teacher {teacher_shape[0]}; logits cannot be "
                       f"connected")
 
@@ -211,4 +226,4 @@ def check_runs(genome: Genome, student_shapes: Shapes, teacher_shapes: Shapes, b
 
 
 __all__ = ["ConnectorBatchNorm", "UnifiedLoss", "align_spatial", "check_runs", "feature_shapes", "make_connector",
-           "pools_spatially"]
+           "map_connector", "pools_spatially", "vector_connector"]

@@ -183,3 +183,26 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kdzero export: error:")
+
+
+def test_each_exported_op_is_its_registered_source_renamed():
+    """Every op is written once: the exported function is the registered function's own source, renamed."""
+    import inspect
+    import textwrap
+
+    source = export_source("feat[pow2,channel,norm_HW]|pearson|entropy|T4|x25")
+    for kind, op in (("transform", TRANSFORMS["pow2"]), ("transform", TRANSFORMS["norm_HW"]),
+                     ("distance", DISTANCES["pearson"]), ("weight", WEIGHTS["entropy"])):
+        own = textwrap.dedent(inspect.getsource(op.fn))
+        body = own[own.index("\n", own.index(f"def {op.fn.__name__}(")):]  # after the signature's first line
+        assert f"def {kind}_{op.name}(" in source and body.split(") -> torch.Tensor:\n", 1)[-1] in source
+
+
+def test_an_op_reading_a_module_the_file_cannot_import_is_refused():
+    from kdzero.export.sources import SourceSet
+
+    def leaky(x):
+        return x * random.random()  # this test module's ``random``: not torch, torch.nn, F or math
+
+    with pytest.raises(ValueError, match="imports only"):
+        SourceSet().add(leaky)

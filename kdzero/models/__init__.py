@@ -12,11 +12,23 @@ Families (one module each): CIFAR ResNets with 1x1-conv shortcuts (RepDistiller)
 """
 from __future__ import annotations
 
-from kdzero.models import cifar_resnet, mobilenetv2, shufflenetv1, shufflenetv2, torchvision_models, vgg, wrn
+# isort: off
+from kdzero.models import specs  # first pattern: a name with a colon is always a model spec
+# isort: on
+from kdzero.models import (
+    cifar_resnet,
+    mobilenetv2,
+    searchable,
+    shufflenetv1,
+    shufflenetv2,
+    torchvision_models,
+    vgg,
+    wrn,
+)
 from kdzero.models.adapters import HookedFeatureModel, wrap_model
 from kdzero.models.base import FeatureModel
 from kdzero.models.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint
-from kdzero.models.registry import create_model, list_models, register_model
+from kdzero.models.registry import create_model, list_models, register_model, register_model_pattern
 
 __all__ = [
     "CheckpointInfo",
@@ -27,7 +39,9 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "register_model",
+    "register_model_pattern",
     "wrap_model",
 ]
 
-del cifar_resnet, mobilenetv2, shufflenetv1, shufflenetv2, torchvision_models, vgg, wrn  # imported to register
+# imported to register their models
+del cifar_resnet, mobilenetv2, searchable, specs, shufflenetv1, shufflenetv2, torchvision_models, vgg, wrn

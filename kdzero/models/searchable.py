@@ -3,9 +3,9 @@
 The zoo's ``CifarResNet`` has one block count ``n`` for all three stages and fixed widths; a student search
 (``kdzero.diswot``) needs every stage free. ``StageResNet`` builds the same network family from the zoo's own
 ``BasicBlock`` (option-B shortcuts, RepDistiller's init) with per-stage depths and widths, so
-``StageResNet((3, 3, 3), (16, 32, 64))`` is ResNet-20 layer for layer. Nothing here is registered: students
-are built from their architecture text (``StudentArch``, ``create_student``), which ``create_model`` accepts as a
-model name, so a student found by ``kdzero student-search`` replays by its text.
+``StageResNet((3, 3, 3), (16, 32, 64))`` is ResNet-20 layer for layer. No fixed name is registered here: students
+are built from their architecture text (``StudentArch``, ``create_student``), registered as a model *pattern* so
+that ``create_model`` accepts it as a model name, so a student found by ``kdzero student-search`` replays by its text.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from torch import nn
 from kdzero.errors import ConfigError, suggest
 from kdzero.models.base import FeatureModel, init_conv_bn
 from kdzero.models.cifar_resnet import BasicBlock
+from kdzero.models.registry import register_model_pattern
 from kdzero.models.wrn import WideResNet
 
 
@@ -146,3 +147,19 @@ def create_student(arch_text: str, num_classes: int, in_chans: int = 3) -> nn.Mo
     This is what ``create_model`` needs to accept search results by name.
     """
     return StudentArch.parse(arch_text).build(num_classes, in_chans)
+
+
+def is_architecture_text(name: str) -> bool:
+    """A student-search architecture text (``resnet[...]x[...]``, ``wrn_dD_wW``) rather than a zoo name."""
+    compact = name.replace(" ", "").lower()
+    return compact.startswith("resnet[") or compact.startswith("wrn_d")
+
+
+def _build_student(arch_text: str, num_classes: int, in_chans: int, **options: object) -> nn.Module:
+    """``create_student`` as a registry pattern's builder: an architecture text carries every option itself."""
+    if options:
+        raise ConfigError(f"model {arch_text!r}: architecture texts take no options, got {', '.join(options)}")
+    return create_student(arch_text, num_classes, in_chans)
+
+
+register_model_pattern(is_architecture_text, _build_student, example="resnet[3,3,3]x[16,32,64] or wrn_d16_w2")

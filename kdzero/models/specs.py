@@ -23,6 +23,8 @@ from typing import Any
 from torch import nn
 
 from kdzero.errors import ConfigError, suggest
+from kdzero.models.adapters import wrap_model
+from kdzero.models.registry import create_model, register_model_pattern
 
 SPEC_FORMS: tuple[tuple[str, str], ...] = (
     ("NAME", "a kdzero zoo model (listed above), e.g. resnet20"),
@@ -94,9 +96,6 @@ def _parse_options(text: str, query: str) -> tuple[tuple[str, Any], ...]:
 def build_model(text: str, num_classes: int, in_chans: int = 3) -> nn.Module:
     """The model of spec ``text`` for ``num_classes`` classes and ``in_chans`` input channels, with fresh
     weights, as a ``Features`` model."""
-    from kdzero.models.adapters import wrap_model
-    from kdzero.models.registry import create_model
-
     spec = parse_spec(text)
     if spec.kind == "zoo":
         return create_model(spec.target, num_classes=num_classes, in_chans=in_chans)
@@ -172,3 +171,13 @@ def _call(text: str, fn, *args: Any, **kwargs: Any) -> Any:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(f"model spec {text!r}: building it raised {type(exc).__name__}"
                           f"{': ' + message if message else ''}") from None
+
+
+def _build_spec(text: str, num_classes: int, in_chans: int, **options: object) -> nn.Module:
+    """``build_model`` as a registry pattern's builder: a spec carries its options after ``?``."""
+    if options:
+        raise ConfigError(f"model {text!r}: give options in the spec (NAME?kw=v), got {', '.join(options)}")
+    return build_model(text, num_classes, in_chans)
+
+
+register_model_pattern(is_spec, _build_spec)

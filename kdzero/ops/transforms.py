@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from kdzero.ops._registry import TRANSFORMS, OpContext, Shape
 
@@ -230,7 +229,7 @@ def _pyramid_len(shape: Shape, levels: tuple[int, ...]) -> int:
 
 def _multi_scale(x: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
     if x.dim() == 4:
-        pooled = [rearrange(F.adaptive_avg_pool2d(x, level), "n c h w -> n c (h w)") for level in levels]
+        pooled = [F.adaptive_avg_pool2d(x, level).flatten(2) for level in levels]
     else:
         pooled = [F.adaptive_avg_pool1d(x, level) for level in levels]
     return torch.cat(pooled, dim=2)
@@ -286,39 +285,64 @@ for _cells in (1, 2, 4):
 
 
 # ---------------------------------------------------------------------------------------- normalisations
-def _l2_normalize_positions(x: torch.Tensor) -> torch.Tensor:
+@register("norm_HW", formula="x / ||x||_2 over positions", ranks=frozenset({3, 4}), idempotent=True,
+          degenerate=_one_position, squares=True, bound=_unit)
+def norm_HW(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """L2 normalisation over the positions of each channel."""
     return F.normalize(_positions(x), dim=2, eps=EPS).reshape(x.shape)
 
 
-register("norm_HW", formula="x / ||x||_2 over positions", ranks=frozenset({3, 4}), idempotent=True,
-         degenerate=_one_position, squares=True, bound=_unit)(
-    lambda x, ctx: _l2_normalize_positions(x))
-register("norm_C", formula="x / ||x||_2 over channels", idempotent=True, degenerate=_one_channel, squares=True,
-         bound=_unit)(
-    lambda x, ctx: F.normalize(x, dim=1, eps=EPS))
-register("norm_N", formula="x / ||x||_2 over the batch", idempotent=True, squares=True, bound=_unit)(
-    lambda x, ctx: F.normalize(x, dim=0, eps=EPS))
+@register("norm_C", formula="x / ||x||_2 over channels", idempotent=True, degenerate=_one_channel, squares=True,
+          bound=_unit)
+def norm_C(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """L2 normalisation over the channels (the features of a 2-D input) at every position."""
+    return F.normalize(x, dim=1, eps=EPS)
 
 
-def _over_positions(fn, x: torch.Tensor) -> torch.Tensor:
-    return fn(_positions(x), dim=2).reshape(x.shape)
+@register("norm_N", formula="x / ||x||_2 over the batch", idempotent=True, squares=True, bound=_unit)
+def norm_N(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """L2 normalisation over the batch for every feature."""
+    return F.normalize(x, dim=0, eps=EPS)
 
 
-register("softmax_N", formula="softmax over the batch axis", bound=_unit)(lambda x, ctx: torch.softmax(x, dim=0))
-register("softmax_C", formula="softmax over channels", degenerate=_one_channel, bound=_unit)(
-    lambda x, ctx: torch.softmax(x, dim=1))
-register("softmax_HW", formula="softmax over positions", ranks=frozenset({3, 4}), degenerate=_one_position,
-         bound=_unit)(
-    lambda x, ctx: _over_positions(torch.softmax, x))
-register("logsoftmax_N", formula="log-softmax over the batch axis (dim 0)",
-         bound=lambda b, s: 2 * b + math.log(BATCH_BOUND))(
-    lambda x, ctx: torch.log_softmax(x, dim=0))
-register("logsoftmax_C", formula="log-softmax over channels", degenerate=_one_channel,
-         bound=lambda b, s: 2 * b + math.log(s[1]))(
-    lambda x, ctx: torch.log_softmax(x, dim=1))
-register("logsoftmax_HW", formula="log-softmax over positions", ranks=frozenset({3, 4}),
-         degenerate=_one_position, bound=lambda b, s: 2 * b + math.log(math.prod(s[2:])))(
-    lambda x, ctx: _over_positions(torch.log_softmax, x))
+@register("softmax_N", formula="softmax over the batch axis", bound=_unit)
+def softmax_N(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Softmax over the batch: how a feature is shared among the samples."""
+    return torch.softmax(x, dim=0)
+
+
+@register("softmax_C", formula="softmax over channels", degenerate=_one_channel, bound=_unit)
+def softmax_C(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Softmax over channels (over classes for logits)."""
+    return torch.softmax(x, dim=1)
+
+
+@register("softmax_HW", formula="softmax over positions", ranks=frozenset({3, 4}), degenerate=_one_position,
+          bound=_unit)
+def softmax_HW(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Softmax over the positions of each channel: a spatial distribution per channel."""
+    return torch.softmax(_positions(x), dim=2).reshape(x.shape)
+
+
+@register("logsoftmax_N", formula="log-softmax over the batch axis (dim 0)",
+          bound=lambda b, s: 2 * b + math.log(BATCH_BOUND))
+def logsoftmax_N(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Log-softmax over the batch axis (dim 0)."""
+    return torch.log_softmax(x, dim=0)
+
+
+@register("logsoftmax_C", formula="log-softmax over channels", degenerate=_one_channel,
+          bound=lambda b, s: 2 * b + math.log(s[1]))
+def logsoftmax_C(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Log-softmax over channels (over classes for logits)."""
+    return torch.log_softmax(x, dim=1)
+
+
+@register("logsoftmax_HW", formula="log-softmax over positions", ranks=frozenset({3, 4}),
+          degenerate=_one_position, bound=lambda b, s: 2 * b + math.log(math.prod(s[2:])))
+def logsoftmax_HW(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+    """Log-softmax over the positions of each channel."""
+    return torch.log_softmax(_positions(x), dim=2).reshape(x.shape)
 
 
 @register(formula="x / sqrt(mean_sample(x^2) + 1e-6)", idempotent=True, degenerate=_one_entry,
@@ -369,19 +393,3 @@ def zscore_C(x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
     centred = y - y.mean(dim=1, keepdim=True)
     std = y.std(dim=1, keepdim=True, correction=1 if x.shape[1] > 1 else 0)
     return centred / (std + ZSCORE_EPS / peak)
-
-
-# Attach formulas and docstrings to the lambda-registered ops.
-_LAMBDA_DOCS = {
-    "norm_HW": "L2 normalisation over the positions of each channel.",
-    "norm_C": "L2 normalisation over the channels (the features of a 2-D input) at every position.",
-    "norm_N": "L2 normalisation over the batch for every feature.",
-    "softmax_N": "Softmax over the batch: how a feature is shared among the samples.",
-    "softmax_C": "Softmax over channels (over classes for logits).",
-    "softmax_HW": "Softmax over the positions of each channel: a spatial distribution per channel.",
-    "logsoftmax_N": "Log-softmax over the batch axis (dim 0).",
-    "logsoftmax_C": "Log-softmax over channels (over classes for logits).",
-    "logsoftmax_HW": "Log-softmax over the positions of each channel.",
-}
-for _name, _doc in _LAMBDA_DOCS.items():
-    object.__setattr__(TRANSFORMS[_name], "doc", _doc)

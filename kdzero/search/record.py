@@ -136,7 +136,7 @@ def start_session(run_dir: str | Path, device: str) -> dict[str, Any]:
     """Record a search session's start in ``run.json`` (created on the first) and return the metadata."""
     import torch
 
-    from kdzero import __version__
+    from kdzero.version import __version__
 
     meta = load_meta(run_dir) or {}
     session = {"started": _now(), "ended": None, "host": socket.gethostname(), "device": device}

@@ -23,6 +23,8 @@ from kdzero.presets import PRESETS
 VALID_TEXTS = sorted({str(g) for g in PRESETS.values()})
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TINY_PROXY = """
+max_steps = 1
+confirm = 0
 [proxy]
 batch_size = 32
 num_views = 1

@@ -220,7 +220,6 @@ def replay(run: str | Path, rank: int = 1, *, teacher: nn.Module | None = None, 
     """
     from kdzero.leaderboard import genome_at
     from kdzero.search.record import run_pair
-    from kdzero.teacher_cache import _state_digest
     from kdzero.train import TrainConfig, build_distiller, load_data, load_teacher, train_model
 
     run = Path(run)
@@ -239,14 +238,7 @@ def replay(run: str | Path, rank: int = 1, *, teacher: nn.Module | None = None, 
     elif teacher is None or student is None or train_data is None:
         raise ConfigError("pass all of teacher=, student= and train_data=, or none of them (a CLI run's own pair)")
     else:
-        data = _data(train_data, test_data, pair.normalize)
-        if pair.dataset.startswith("python:") and pair.dataset != f"python:{data.name}":
-            raise ConfigError(f"train_data/test_data differ from the data run {run} was searched on")
-        teacher_model = _features_model(copy.deepcopy(teacher))
-        if pair.teacher_weights is not None and _state_digest(teacher_model) != pair.teacher_weights:
-            raise ConfigError(f"teacher's weights differ from those run {run} was searched with; pass the same "
-                              f"teacher")
-        factory = _student_factory(student)
+        data, teacher_model, factory = _same_objects(run, pair, teacher, student, train_data, test_data)
     config = TrainConfig.crd_protocol(pair.student, epochs=epochs, device=device, seed=seed, **train_options)
     torch.manual_seed(seed)
     model = factory()
@@ -274,7 +266,6 @@ def confirm(run: str | Path, *, top: int | None = None, epochs: int | None = Non
     from kdzero.data import proxy_subset
     from kdzero.leaderboard import open_study
     from kdzero.search.record import run_pair
-    from kdzero.teacher_cache import _state_digest
 
     config = run_config(run, {"confirm": top, "confirm_epochs": epochs, "confirm_subset": subset,
                               "confirm_seeds": seeds, "device": device})
@@ -286,18 +277,26 @@ def confirm(run: str | Path, *, top: int | None = None, epochs: int | None = Non
         if teacher is None or student is None or train_data is None:
             raise ConfigError("pass all of teacher=, student= and train_data=, or none of them (a CLI run's own pair)")
         recorded = run_pair(run)
-        data = _data(train_data, test_data, recorded.normalize)
-        if recorded.dataset.startswith("python:") and recorded.dataset != f"python:{data.name}":
-            raise ConfigError(f"train_data/test_data differ from the data run {run} was searched on")
-        teacher_model = _features_model(copy.deepcopy(teacher))
-        if recorded.teacher_weights is not None and _state_digest(teacher_model) != recorded.teacher_weights:
-            raise ConfigError(f"teacher's weights differ from those run {run} was searched with; pass the same "
-                              "teacher")
+        data, teacher_model, factory = _same_objects(run, recorded, teacher, student, train_data, test_data)
         if settings.subset is not None:
             data = replace(data, train=proxy_subset(data.train, per_class=settings.subset, seed=config.seed))
         pair = Pair(data=data, teacher=teacher_model, student=recorded.student, device=config.device,
-                    factory=_student_factory(student))
+                    factory=factory)
     return confirm_run(open_study(run), config, settings, log=log or (lambda _m: None), pair=pair)
+
+
+def _same_objects(run, pair, teacher: nn.Module, student: Student, train_data: Any, test_data: Any):
+    """The data, teacher and student factory a run searched on Python objects was given again, checked against
+    what it recorded: the same data name and the same teacher weights."""
+    from kdzero.teacher_cache import _state_digest
+
+    data = _data(train_data, test_data, pair.normalize)
+    if pair.dataset.startswith("python:") and pair.dataset != f"python:{data.name}":
+        raise ConfigError(f"train_data/test_data differ from the data run {run} was searched on")
+    teacher_model = _features_model(copy.deepcopy(teacher))
+    if pair.teacher_weights is not None and _state_digest(teacher_model) != pair.teacher_weights:
+        raise ConfigError(f"teacher's weights differ from those run {run} was searched with; pass the same teacher")
+    return data, teacher_model, _student_factory(student)
 
 
 def _new_dir(base: Path) -> Path:

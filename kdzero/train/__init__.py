@@ -1,0 +1,68 @@
+"""Full training: teachers, CE-only students, and students distilled with a genome or a classical method.
+
+The code lives in ``kdzero.train.loop`` for now, to be split by concern; every name stays importable from here.
+A test that patches a constant patches the module that reads it (``kdzero.train.loop.DIGITS_EPOCHS``).
+"""
+from __future__ import annotations
+
+from kdzero.train.loop import (
+    CRD_EPOCHS,
+    CRD_MILESTONES,
+    DEFAULT_DIGITS_TEACHER,
+    DIGITS_EPOCHS,
+    NORMALIZATIONS,
+    SMALL_LR_MODELS,
+    TEACHERS_DIR,
+    EpochRecord,
+    Log,
+    ReplayResult,
+    TrainConfig,
+    TrainResult,
+    build_distiller,
+    check_classes,
+    describe_teacher,
+    ensure_teacher,
+    evaluate,
+    load_data,
+    load_teacher,
+    output_classes,
+    probe_shapes,
+    replay,
+    replay_dir,
+    scaled_milestones,
+    teacher_dir,
+    teacher_identity,
+    train_model,
+    train_teacher,
+)
+
+__all__ = [
+    "CRD_EPOCHS",
+    "CRD_MILESTONES",
+    "DEFAULT_DIGITS_TEACHER",
+    "DIGITS_EPOCHS",
+    "NORMALIZATIONS",
+    "SMALL_LR_MODELS",
+    "TEACHERS_DIR",
+    "EpochRecord",
+    "Log",
+    "ReplayResult",
+    "TrainConfig",
+    "TrainResult",
+    "build_distiller",
+    "check_classes",
+    "describe_teacher",
+    "ensure_teacher",
+    "evaluate",
+    "load_data",
+    "load_teacher",
+    "output_classes",
+    "probe_shapes",
+    "replay",
+    "replay_dir",
+    "scaled_milestones",
+    "teacher_dir",
+    "teacher_identity",
+    "train_model",
+    "train_teacher",
+]

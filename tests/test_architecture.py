@@ -71,7 +71,6 @@ ALLOWED_EDGES: dict[tuple[str, str], str] = {
 # ARCHITECTURE.md says how each one splits.
 MAX_LINES = 400
 LONG_ALLOWED: frozenset[str] = frozenset({
-    "kdzero.train.loop",
     "kdzero.data",
     "kdzero.proxy",
     "kdzero.leaderboard",

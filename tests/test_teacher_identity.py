@@ -27,7 +27,7 @@ def digits():
 @pytest.fixture(autouse=True)
 def _short_teachers(monkeypatch):
     """Built-in teachers train for one epoch here (the default is ``DIGITS_EPOCHS``); threads come back."""
-    monkeypatch.setattr(train.loop, "DIGITS_EPOCHS", 1)  # the module whose TrainConfig.for_dataset reads it
+    monkeypatch.setattr(train.config, "DIGITS_EPOCHS", 1)  # the module whose TrainConfig.for_dataset reads it
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

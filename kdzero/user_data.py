@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdzero.data import DatasetSplits, _splits, _val_holdout
+from kdzero.data.splits import DatasetSplits, _splits, _val_holdout
 from kdzero.errors import ConfigError, DataError, suggest
 
 

@@ -3,7 +3,11 @@
 Datasets by name (``list_datasets()``): ``digits`` (scikit-learn's bundled 8x8 digits, the offline default),
 ``cifar10``/``cifar100`` (torchvision pickle layout under a root), ``imagefolder:PATH`` (``train/<class>/*``
 plus ``test/<class>/*`` or ``val/<class>/*``), ``package.module:function`` (the user's function returning train
-and test datasets; ``kdzero.user_data``).
+and test datasets; ``kdzero.data.user``).
+
+Other families of names join through ``register_dataset_spec`` (as model patterns join the model registry), so
+this module imports no loader built on top of it: ``kdzero.data.user`` registers ``package.module:function``,
+and ``kdzero/data/__init__.py`` imports it, so the form is there whenever ``kdzero.data`` is.
 """
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import os
 import pickle
 import tarfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +38,34 @@ CIFAR_STATS = {
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 """File endings an ImageFolder reader decodes; other files are ignored."""
 
-_DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:PATH", "package.module:function")
+_DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:PATH")
+
+
+@dataclass(frozen=True)
+class _SpecForm:
+    """A family of dataset names: ``matches(name)`` recognises one, ``load(name)`` loads it as ``DatasetSplits``,
+    ``form`` (``"package.module:function"``) stands for the family in ``list_datasets()``."""
+
+    matches: Callable[[str], bool]
+    load: Callable[[str], DatasetSplits]
+    form: str
+
+
+_SPEC_FORMS: list[_SpecForm] = []
+
+
+def register_dataset_spec(matches: Callable[[str], bool], load: Callable[[str], DatasetSplits], form: str) -> None:
+    """Let ``load_dataset`` accept every name ``matches`` recognises, loaded by ``load(name)``; ``list_datasets``
+    lists ``form`` after the built-in names.
+
+    Built-in names (digits, CIFAR, ``imagefolder:``) win over registered forms, and earlier forms over later ones.
+    """
+    _SPEC_FORMS.append(_SpecForm(matches, load, form))
 
 
 def list_datasets() -> list[str]:
     """The dataset names ``load_dataset`` accepts (``imagefolder:`` takes a folder path after the colon)."""
-    return list(_DATASETS)
+    return [*_DATASETS, *(spec.form for spec in _SPEC_FORMS)]
 
 
 def load_dataset(
@@ -72,10 +98,8 @@ def load_dataset(
         if not path:
             raise DataError("imagefolder needs a folder path: imagefolder:PATH")
         splits = _load_imagefolder(Path(path).expanduser(), image_size, cache_dir)
-    elif _is_factory(name):
-        from kdzero.user_data import load_factory_dataset
-
-        splits = load_factory_dataset(name)
+    elif (spec := next((s for s in _SPEC_FORMS if s.matches(name)), None)) is not None:
+        splits = spec.load(name)
     else:
         raise DataError(f"unknown dataset {name!r}; {suggest(name, list_datasets())}")
     if mean is not None:
@@ -83,13 +107,6 @@ def load_dataset(
         splits = replace(splits, **{part: replace(getattr(splits, part), **stats)
                                     for part in ("train", "val", "test")})
     return splits
-
-
-def _is_factory(name: str) -> bool:
-    """A ``package.module:function`` dataset spec (``kdzero.user_data``), told apart from ``imagefolder:PATH``."""
-    from kdzero.user_data import is_dataset_factory
-
-    return is_dataset_factory(name)
 
 
 

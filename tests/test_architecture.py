@@ -58,10 +58,6 @@ ALLOWED_EDGES: dict[tuple[str, str], str] = {
     ("kdzero.confirm", "kdzero.api"):
         "the module is callable as kdzero.confirm(run, ...) and delegates to the API at call time, as kdzero.search "
         "does; goes when the public function and the module stop sharing one name",
-    ("kdzero.data", "kdzero.user_data"):
-        "data.py resolves package.module:function dataset specs through user_data, which builds on data.py's "
-        "splits; goes when user_data registers its spec form with data.py (as models/specs.py does with the "
-        "model registry)",
     ("kdzero.leaderboard", "kdzero.student_leaderboard"):
         "leaderboard.frame hands student-search studies to student_leaderboard, which reuses leaderboard's "
         "table; goes when the shared table moves to a module of its own below both",
@@ -71,7 +67,6 @@ ALLOWED_EDGES: dict[tuple[str, str], str] = {
 # ARCHITECTURE.md says how each one splits.
 MAX_LINES = 400
 LONG_ALLOWED: frozenset[str] = frozenset({
-    "kdzero.data",
     "kdzero.proxy",
     "kdzero.leaderboard",
     "kdzero.search.runner",

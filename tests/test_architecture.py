@@ -71,11 +71,8 @@ LONG_ALLOWED: frozenset[str] = frozenset({
     "kdzero.train",
     "kdzero.data",
     "kdzero.proxy",
-    "kdzero.search.runner",
-    "kdzero.search.config",
-    "kdzero.search.study",
 })
-LONG_ALLOWED_PACKAGES: tuple[str, ...] = ("kdzero.cli",)
+LONG_ALLOWED_PACKAGES: tuple[str, ...] = ()
 
 
 def _modules() -> dict[str, Path]:

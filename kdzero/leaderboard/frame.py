@@ -14,7 +14,7 @@ COLUMNS = ("rank", "trial", "rung", "genome", "score", "val_acc", "val_ce", "s_g
            "reason", "seconds", "origin", "duplicate_of", "key")
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "rejected", TrialState.FAIL: "failed",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
-BASELINE_ATTR = "kdzero_baseline"  # written by kdzero.search.runner.ensure_baseline
+BASELINE_ATTR = "kdzero_baseline"  # written by kdzero.search.baseline.ensure_baseline
 
 
 def _run_location(run_dir: Path) -> tuple[str, str]:

@@ -306,7 +306,7 @@ def test_replay_takes_the_genome_at_rank_k_of_a_run(monkeypatch, tmp_path, teach
     import pandas as pd
 
     board = pd.DataFrame({"rank": [1, 2], "genome": ["logit[no,no,no]|kl|no|T4|x1", "emb[no,no,no]|l2|no|T1|x1"]})
-    leaderboard = importlib.import_module("kdzero.leaderboard")  # the module, not the package's lazy function
+    leaderboard = importlib.import_module("kdzero.leaderboard.frame")  # the module whose genome_at reads it
     monkeypatch.setattr(leaderboard, "load_leaderboard", lambda run, **kwargs: board)
     code = main(["replay", str(tmp_path / "run"), "--rank", "2", "--teacher", "resnet8", "--teacher-ckpt",
                  str(teacher_ckpt), "--epochs", "1", "--train-subset", "100", "--out", str(tmp_path / "out"),

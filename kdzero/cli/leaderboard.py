@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     """Read the study, print or write the leaderboard, draw the plot if asked."""
     from kdzero.confirm import confirmed_table, stored_settings
     from kdzero.leaderboard import arrange, baseline, confirmed_rich, frame, open_study, plot, rich_table, with_baseline
+    from kdzero.leaderboard.students import is_student_search, student_plot, student_table
     from kdzero.search.rungs import top_rung
-    from kdzero.student_leaderboard import is_student_search, student_plot, student_table
 
     if args.run_path is None and (args.storage is None or args.study is None):
         raise ConfigError("give a run folder (kdzero leaderboard runs/NAME) or both --storage URL and --study NAME")

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from kdzero.diswot import Budget, SearchSpace, StudentSearch, format_count, model_cost, parse_limit
+    from kdzero.leaderboard.students import student_frame, student_table
     from kdzero.models import create_model
-    from kdzero.student_leaderboard import student_frame, student_table
     from kdzero.train import DEFAULT_DIGITS_TEACHER, ensure_teacher, load_data, load_teacher
 
     for name in ("population", "cycles", "sample", "top"):
@@ -188,8 +188,8 @@ def _search(search, args: argparse.Namespace):
 def _confirm(search, budget, data, teacher, teacher_name: str, args: argparse.Namespace) -> None:
     """Distil the top students, the hand pick and the largest student with KD over seeds; print the verdict."""
     from kdzero.confirm import ConfirmSettings
+    from kdzero.leaderboard.students import student_frame
     from kdzero.student_confirm import confirm_students, hand_pick, student_entrants
-    from kdzero.student_leaderboard import student_frame
     from kdzero.train import TrainConfig
 
     if args.random_teacher:

@@ -1,17 +1,15 @@
 """Running a search: the proxy task from a config, the study, and the worker loop.
 
 ``prepare_run(config)`` creates or resumes ``runs/<name>/`` and its study; ``build_task(config)`` loads data,
-teacher and student into a ``ProxyTask``; ``run_worker`` asks the sampler for groups of trials, proxy-evaluates
-them and tells each result to its trial until the study holds the planned number of finished trials. Any number
-of workers, in processes or on machines, may run ``run_worker`` on the same study at once.
+teacher and student into a ``ProxyTask``. The CE-only baseline (``ensure_baseline``) lives in
+``kdzero.search.baseline`` and the worker loop (``run_worker``) in ``kdzero.search.worker``; both stay importable
+from here.
 """
 from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,38 +20,23 @@ from kdzero.errors import ConfigError
 from kdzero.genome import Genome, SearchSpace
 from kdzero.models import create_model, load_checkpoint
 from kdzero.presets import PRESETS
-from kdzero.proxy import ProxyResult, ProxyTask, auto_group_size, evaluate
-from kdzero.search import record, rungs
+from kdzero.proxy import ProxyTask
+from kdzero.search import record
 from kdzero.search import study as studies
+from kdzero.search.baseline import BASELINE_ATTR as BASELINE_ATTR
+from kdzero.search.baseline import ensure_baseline
 from kdzero.search.config import SearchConfig
 from kdzero.search.evolution import ShapeCheck
 from kdzero.search.samplers import create_sampler
-from kdzero.search.space import named_space, space_from_choices, suggest_genome
-from kdzero.teacher_identity import weak_teacher_warning
+from kdzero.search.space import named_space, space_from_choices
+from kdzero.search.worker import WAIT_POLL as WAIT_POLL
+from kdzero.search.worker import Run, SearchObserver, finished_trials, remaining_trials, run_worker
+from kdzero.search.worker import _abandon as _abandon
+from kdzero.search.worker import _evaluate_group as _evaluate_group
+from kdzero.search.worker import _wait_for as _wait_for
+from kdzero.search.worker import _without_surplus as _without_surplus
 
 Log = Callable[[str], None]
-
-
-class SearchObserver:
-    """Hooks for progress displays; every method is optional to override."""
-
-    def log(self, message: str) -> None:
-        """A line of information."""
-
-    def trials_started(self, numbers: list[int], genomes: list[Genome]) -> None:
-        """A group of trials is about to be evaluated."""
-
-    def step(self, step: int, total: int) -> None:
-        """The group finished training step ``step`` of ``total``."""
-
-    def trial_finished(self, number: int, genome: Genome, result: ProxyResult, duplicate_of: int | None) -> None:
-        """A trial was told its result."""
-
-    def rung_started(self, rung: int, steps: int, genomes: int) -> None:
-        """Rung ``rung`` begins: ``genomes`` promoted genomes at ``steps`` proxy steps each."""
-
-    def rung_result(self, rung: int, candidate: rungs.Candidate, result: ProxyResult) -> None:
-        """This worker finished one promoted genome of rung ``rung``."""
 
 
 def configure_torch(config: SearchConfig) -> None:
@@ -95,15 +78,6 @@ def teacher_checkpoint(config: SearchConfig, data, log: Log = print):
                           f"'kdzero train-teacher --model {config.teacher} --dataset {config.dataset}')")
     log(f"built-in teacher: {config.teacher} on digits (trained once, kept in {config.run_dir / 'teacher'})")
     return ensure_teacher(config.teacher, data, root=config.run_dir / "teacher", progress=False, log=log)
-
-
-@dataclass
-class Run:
-    """An opened run: its config, storage and study."""
-
-    config: SearchConfig
-    storage: optuna.storages.RDBStorage
-    study: optuna.Study
 
 
 def check_run_dir(config: SearchConfig, write: bool = True) -> None:
@@ -209,174 +183,6 @@ def open_worker_run(storage_url: str, study_name: str, overrides: dict | None = 
                              population_size=config.population, guided=config.guided,
                              adaptive_shrink=config.adaptive_shrink, is_valid=is_valid, log=log)
     return Run(config, storage, studies.load_study(storage, study_name, sampler))
-
-
-BASELINE_ATTR = "kdzero_baseline"
-
-
-def ensure_baseline(run: Run, task: ProxyTask, observer: SearchObserver | None = None) -> ProxyResult:
-    """The CE-only student's proxy result and CE curve: read from the study, or computed once and stored there
-    so that every worker's divergence check uses the same reference."""
-    stored = run.study.user_attrs.get(BASELINE_ATTR)
-    if stored is not None and len(stored.get("ce_curve", [])) == task.config.steps:
-        task.set_baseline(ProxyResult.from_dict(stored["result"]), stored["ce_curve"])
-    else:
-        if observer is not None:
-            observer.log("training the CE-only student once: the reference every distiller must beat")
-        result = evaluate(task, [None], on_step=observer.step if observer else None)[0]
-        run.study.set_user_attr(BASELINE_ATTR, {"result": result.to_dict(), "ce_curve": task.baseline_ce_curve()})
-    warning = weak_teacher_warning(100 * task.teacher_val_acc, 100 * task.baseline().val_acc,
-                                   "the CE-only student after the proxy's steps, on the proxy validation split")
-    if warning is not None and observer is not None:
-        observer.log(warning)
-    return task.baseline()
-
-
-WAIT_POLL = 1.0
-
-
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count towards the budget: complete or rejected."""
-    count = studies.counts(study.get_trials(deepcopy=False))
-    return count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED]
-
-
-def remaining_trials(study: optuna.Study, budget: int) -> int:
-    """How many more trials may start now: the budget minus finished and running ones."""
-    count = studies.counts(study.get_trials(deepcopy=False))
-    used = count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED] + \
-        count[optuna.trial.TrialState.RUNNING]
-    return budget - used
-
-
-def run_worker(run: Run, task: ProxyTask, observer: SearchObserver | None = None,
-               group_size: int | str | None = None) -> int:
-    """Evaluate trials until the study reaches its planned number of finished trials, then work on the higher
-    rungs (``kdzero.search.rungs``) until the top rung is complete; returns how many trainings this worker did.
-    Ctrl-C (KeyboardInterrupt) fails and re-enqueues the trials in flight, then re-raises."""
-    observer = observer or SearchObserver()
-    study, budget = run.study, int(run.study.user_attrs.get(studies.BUDGET_ATTR, run.config.trials))
-    group_size = group_size or run.config.group_size
-    if group_size == "auto":
-        group_size = auto_group_size(task)
-        observer.log(f"group size auto: {group_size} candidates per step loop on {task.device}")
-    recovered = studies.recover_dead_trials(study)
-    if recovered:
-        observer.log(f"re-queued trials {', '.join(map(str, recovered))} of a worker that died")
-    evaluated = 0
-    with studies.Heartbeat(study) as heartbeat:
-        while finished_trials(study) < budget:
-            room = remaining_trials(study, budget)
-            if room <= 0:
-                # Other workers hold the last trials; one of them may be dead, so wait and recover rather
-                # than leave its trial unfinished.
-                time.sleep(WAIT_POLL)
-            else:
-                trials = _without_surplus(study, [study.ask() for _ in range(min(group_size, room))], budget)
-                if not trials:
-                    continue
-                try:
-                    evaluated += _evaluate_group(study, task, trials, heartbeat, observer)
-                except BaseException:
-                    _abandon(study, trials)
-                    raise
-            if studies.recover_dead_trials(study):
-                observer.log("re-queued the trials of a worker that died")
-    evaluated += rungs.run_rungs(study, task, budget, run.config.eta, run.config.max_steps,
-                                 group_size=group_size, observer=observer, on_step=observer.step,
-                                 log=observer.log)
-    return evaluated
-
-
-def _evaluate_group(study: optuna.Study, task: ProxyTask, trials: list[optuna.Trial],
-                    heartbeat: studies.Heartbeat, observer: SearchObserver) -> int:
-    worker = studies.worker_id()
-    genomes: list[Genome] = []
-    for trial in trials:
-        trial.set_user_attr("worker", worker)
-        heartbeat.trial_ids.add(trial._trial_id)
-        genome = suggest_genome(trial)
-        trial.set_user_attr("key", genome.key)
-        genomes.append(genome)
-    heartbeat.beat()
-    all_trials = study.get_trials(deepcopy=False)
-    known = studies.finished_by_key(all_trials)
-    mine = {t.number for t in trials}
-    elsewhere = {studies.trial_key(t): t.number for t in sorted(all_trials, key=lambda t: -t.number)
-                 if t.state == optuna.trial.TrialState.RUNNING and t.number not in mine}
-    fresh: dict[str, Genome] = {}
-    for trial, genome in zip(trials, genomes):
-        if genome.key in known:
-            continue
-        if genome.key in elsewhere and elsewhere[genome.key] < trial.number:
-            source = _wait_for(study, elsewhere[genome.key], heartbeat)
-            if source is not None:
-                known[genome.key] = source
-                continue
-        fresh.setdefault(genome.key, genome)
-    observer.trials_started([t.number for t in trials], genomes)
-    start = time.perf_counter()
-    results = dict(zip(fresh, evaluate(task, list(fresh.values()), on_step=observer.step)))
-    wall = time.perf_counter() - start
-    first_trial_of_key: dict[str, int] = {}
-    for trial, genome in zip(trials, genomes):
-        if genome.key in known:
-            studies.copy_result(study, trial, known[genome.key])
-            observer.trial_finished(trial.number, genome, ProxyResult.from_dict(known[genome.key].user_attrs),
-                                    known[genome.key].number)
-        elif genome.key in first_trial_of_key:
-            source = study.get_trials(deepcopy=False)[first_trial_of_key[genome.key]]
-            studies.copy_result(study, trial, source)
-            observer.trial_finished(trial.number, genome, results[genome.key], source.number)
-        else:
-            first_trial_of_key[genome.key] = trial.number
-            result = results[genome.key]
-            studies.tell_result(study, trial, genome.key, result,
-                                {"genome": str(genome), "group_size": len(fresh), "group_wall": wall})
-            observer.trial_finished(trial.number, genome, result, None)
-        heartbeat.trial_ids.discard(trial._trial_id)
-    return len(fresh)
-
-
-def _without_surplus(study: optuna.Study, trials: list[optuna.Trial], budget: int) -> list[optuna.Trial]:
-    """Drop trials asked beyond the budget: two workers that both saw one free slot ask two trials, and the
-    later-numbered one is failed (marked ``surplus``) before it costs anything. Nothing planned is lost: the
-    budget is already full, and a running trial whose worker dies is re-queued on its own."""
-    trial_states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    kept = []
-    for trial in trials:
-        ahead = sum(1 for number, state in trial_states.items() if number < trial.number and state in counted)
-        if ahead < budget:
-            kept.append(trial)
-            continue
-        trial.set_user_attr("surplus", True)
-        studies._fail(study._storage, trial._trial_id)
-    return kept
-
-
-def _wait_for(study: optuna.Study, number: int, heartbeat: studies.Heartbeat,
-              poll: float = 0.5) -> optuna.trial.FrozenTrial | None:
-    """Wait for another worker's trial ``number`` (same canonical genome) to finish; its result is reused.
-    Returns None if it failed instead (its worker died), in which case the caller evaluates the genome."""
-    while True:
-        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, number))
-        if trial.state in studies.FINISHED:
-            return trial
-        if trial.state == optuna.trial.TrialState.FAIL:
-            return None
-        heartbeat.beat()
-        studies.recover_dead_trials(study)
-        time.sleep(poll)
-
-
-def _abandon(study: optuna.Study, trials: list[optuna.Trial]) -> None:
-    """Interrupted mid-group: fail the unfinished trials and enqueue their genomes again."""
-    for trial in trials:
-        frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state == optuna.trial.TrialState.RUNNING and studies._fail(study._storage, trial._trial_id):
-            study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
 
 
 def validity_checker(task: ProxyTask) -> Callable[[Genome], bool]:

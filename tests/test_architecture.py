@@ -73,7 +73,6 @@ MAX_LINES = 400
 LONG_ALLOWED: frozenset[str] = frozenset({
     "kdzero.train",
     "kdzero.data",
-    "kdzero.proxy",
     "kdzero.leaderboard",
     "kdzero.search.runner",
     "kdzero.search.config",

@@ -11,7 +11,7 @@
 ``teacher`` is any classifier ``nn.Module`` (adapted with ``wrap_model`` when it does not return ``Features``);
 it is copied, never changed. ``student`` is a module or a zero-argument factory: every candidate starts from the
 same weights (a copy of the module, or the factory called under the run's seed). Data is a ``Dataset``, a
-``DataLoader`` or ``(images, labels)`` tensors of unnormalised images (``kdzero.user_data``). A run lives in
+``DataLoader`` or ``(images, labels)`` tensors of unnormalised images (``kdzero.data.user``). A run lives in
 ``runs_dir/name`` like a CLI run; calling ``search`` again with the same name resumes or extends it, and it is
 refused, as on the command line, when the teacher, student, data or scoring budget differ (``fresh=True``
 starts it again). ``confirm`` trains the run's top genomes beside CE-only, KD, DKD, KD+LS and DKD+LS over seeds
@@ -93,7 +93,7 @@ def _label(obj: Any) -> str:
 
 def _data(train_data: Any, test_data: Any, normalize: str):
     from kdzero.train import NORMALIZATIONS
-    from kdzero.user_data import to_splits
+    from kdzero.data.user import to_splits
 
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")

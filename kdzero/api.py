@@ -92,8 +92,8 @@ def _label(obj: Any) -> str:
 
 
 def _data(train_data: Any, test_data: Any, normalize: str):
-    from kdzero.train import NORMALIZATIONS
     from kdzero.data.user import to_splits
+    from kdzero.train import NORMALIZATIONS
 
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")

@@ -226,6 +226,9 @@ def test_resume_rules_sort_each_setting_into_refused_extending_or_free():
     assert SearchConfig(population=12, iterations=28, workers=4, device="cuda", threads=2).check_resumable(saved) == []
     assert SearchConfig(population=20, iterations=40).check_resumable(saved) == [
         "iterations 28 -> 40", "population 12 -> 20"]
+    # the confirmation's budget is free: its results are stored per budget, the proxy scores stay comparable
+    assert SearchConfig(population=12, iterations=28, confirm=5, confirm_epochs=10, confirm_subset=20,
+                        confirm_seeds=3).check_resumable(saved) == []
     for changed in ({"population": 8}, {"sampler": "tpe"}, {"seed": 1}, {"proxy": {"steps": 60}},
                     {"proxy": {"train_subset": 50}}, {"score": {"cka_gap": 0.0}}, {"student": "resnet20"}):
         config = SearchConfig.from_dict({**saved, **changed, "proxy": {**saved["proxy"], **changed.get("proxy", {})},

@@ -36,8 +36,11 @@ from kdzero.scoring import ScoreWeights
 
 # Settings a run may change when it is resumed. Everything else (pair, data, space, sampler, seed, proxy budget,
 # score weights) defines what a score means: changing it would mix two kinds of score in one leaderboard.
+# The confirmation's budget does not change what a proxy score means, and its results are stored per budget
+# (kdzero.confirm's tag ``e<epochs>-n<subset>``), so a run may be confirmed again at another budget.
+CONFIRM_FIELDS = ("confirm", "confirm_epochs", "confirm_subset", "confirm_seeds")
 FREE_FIELDS = ("name", "data_root", "device", "devices", "threads", "workers", "group_size", "storage", "study",
-               "runs_dir", "proxy.device", "proxy.channels_last")
+               "runs_dir", "proxy.device", "proxy.channels_last", *CONFIRM_FIELDS)
 # Settings that only extend a finished run: more iterations, a larger population.
 EXTENDING_FIELDS = ("iterations", "population")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from kdzero.confirm import ConfirmSettings, Entrant, confirm, entrants
+from kdzero.confirm import NOISE_Z, ConfirmSettings, Entrant, confirm, entrants
 from kdzero.search import rungs, runner
 from kdzero.search.config import SearchConfig, load_config
 
@@ -133,9 +133,21 @@ def spent_steps(run: runner.Run) -> int:
 
 def spearman(pairs: list[tuple[float, float]]) -> float:
     """Spearman of -score against confirmed top-1 (NaN under 3 points)."""
+    return spearman_test(pairs)[0]
+
+
+def spearman_test(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Spearman of -score against confirmed top-1 and its two-sided p-value (an exact permutation test up to 9
+    points, where the asymptotic one means little); both NaN under 3 points."""
     if len(pairs) < 3:
-        return math.nan
-    return float(stats.spearmanr([-s for s, _ in pairs], [a for _, a in pairs]).statistic)
+        return math.nan, math.nan
+    x, y = [-s for s, _ in pairs], [a for _, a in pairs]
+    rho = float(stats.spearmanr(x, y).statistic)
+    if len(pairs) > 9:
+        return rho, float(stats.spearmanr(x, y).pvalue)
+    result = stats.permutation_test((x,), lambda a: stats.spearmanr(a, y).statistic, permutation_type="pairings",
+                                    alternative="two-sided")
+    return rho, float(result.pvalue)
 
 
 def main() -> None:
@@ -156,7 +168,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=Path("/tmp/cifar10jpeg"))
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_fidelity")
-    parser.add_argument("--tag", default=None, help="results file suffix (default: the pair)")
+    parser.add_argument("--tag", default=None, help="names the two run folders and, by default, the results "
+                                                    "files (default: the pair)")
+    parser.add_argument("--report", default=None, help="results file suffix (default: the tag); e.g. the same "
+                                                       "runs confirmed again at more --confirm-epochs")
     parser.add_argument("--plan", action="store_true", help="print the planned steps and projected hours, exit")
     args = parser.parse_args()
     tag = args.tag or args.pair
@@ -200,28 +215,31 @@ def main() -> None:
               "seconds": {"rung_search": round(recorded_seconds(run_b)),
                           "single_search": round(recorded_seconds(run_a)),
                           "confirmation": round(recorded_seconds(run_b, f"kdzero_confirm:{settings.tag}:"))},
-              "references": {r: top1.get(r) for r in ("KD", "DKD", "CE-only")}, "spearman": {}, "picks": {}}
+              "references": {r: top1.get(r) for r in REFERENCES}, "confirmed": _confirmed_rows(table),
+              "spearman": {}, "picks": {}}
     top_b = rungs.top_rung(run_b.study)
     for rung in range(top_b + 1):
         scores = {c.genome: s for c, s in rungs.ranked(run_b.study, rung)}
         points = [(scores[g], a) for g, a in searched.items() if g in scores]
-        report["spearman"][f"rungs: rung {rung}"] = [spearman(points), len(points)]
+        report["spearman"][f"rungs: rung {rung}"] = [*spearman_test(points), len(points)]
         # the alternative top-rung score: the longer proxy training's own validation accuracy
         accs = {c.genome: -float(_rung_attr(run_b.study, rung, c, "val_acc")) for c, _ in rungs.ranked(run_b.study,
                                                                                                          rung)}
         points = [(accs[g], a) for g, a in searched.items() if g in accs]
-        report["spearman"][f"rungs: rung {rung}, proxy val acc"] = [spearman(points), len(points)]
+        report["spearman"][f"rungs: rung {rung}, proxy val acc"] = [*spearman_test(points), len(points)]
     scores_a = {c.genome: s for c, s in rungs.ranked(run_a.study, 0)}
     points = [(scores_a[g], a) for g, a in searched.items() if g in scores_a]
-    report["spearman"]["single: rung 0"] = [spearman(points), len(points)]
+    report["spearman"]["single: rung 0"] = [*spearman_test(points), len(points)]
     for name, run, rung in (("single", run_a, 0), ("rungs", run_b, top_b)):
         pick = rungs.ranked(run.study, rung)[0][0].genome
         acc = searched.get(pick, math.nan)
         report["picks"][name] = {"genome": pick, "top1": acc, "rank": order.index(pick) + 1 if pick in order else None,
                                  "of": len(order), "regret": best - acc,
-                                 **{f"vs_{r}": acc - (top1.get(r) or math.nan) for r in ("KD", "DKD", "CE-only")}}
+                                 **{f"vs_{r}": acc - (top1.get(r) or math.nan) for r in ("KD", "DKD", "CE-only")},
+                                 "noise": _noise(table, pick)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"fidelity_{tag}.json").write_text(json.dumps(report, indent=2, default=str))
+    report_name = args.report or tag
+    (RESULTS / f"fidelity_{report_name}.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"# Single-rung vs rung search at equal proxy compute: {args.pair} ({tag})", "",
              f"command: python experiments/bench_fidelity.py {' '.join(_argv())}", "",
              f"proxy steps spent: rung search {report['proxy_steps']['rungs']}, single-rung "
@@ -229,18 +247,57 @@ def main() -> None:
              f"confirmed: {settings.seeds} seeds x {settings.epochs} epochs, "
              f"{settings.subset or 'all'} labelled images per class; KD {_f(top1.get('KD'))}, DKD "
              f"{_f(top1.get('DKD'))}, CE-only {_f(top1.get('CE-only'))}", "",
-             "| Spearman of -score vs confirmed top-1 | value | genomes |", "|---|---:|---:|"]
-    for name, (value, count) in report["spearman"].items():
-        lines.append(f"| {name} | {_f(value, 3)} | {count} |")
-    lines += ["", "| search | pick | confirmed top-1 | rank | regret | vs KD | vs DKD | vs CE-only |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| distiller | kind | top-1 % (mean ± std over seeds) | vs KD | vs CE-only |", "|---|---|---:|---:|---:|"]
+    for row in report["confirmed"]:
+        name = row["distiller"].replace("|", "\\|")
+        lines.append(f"| `{name}` | {row['kind']} | {_f(row['mean'])} ± {_f(row['std'])} | {_gain(row, 'kd')} | "
+                     f"{_gain(row, 'ce')} |")
+    lines += ["", f"gains: mean difference ± {_f(NOISE_Z, 0)} pooled standard errors of the seed noise; 'noise': "
+              "the gain does not exceed that bound", "",
+              "| Spearman of -score vs confirmed top-1 | value | p (two-sided) | genomes |", "|---|---:|---:|---:|"]
+    for name, (value, p, count) in report["spearman"].items():
+        lines.append(f"| {name} | {_f(value, 3)} | {_f(p, 2)} | {count} |")
+    lines += ["", "| search | pick | confirmed top-1 | rank | regret | vs KD | vs DKD | vs CE-only | ± noise |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, pick in report["picks"].items():
         genome = pick["genome"].replace("|", "\\|")  # a table cell's code span
         lines.append(f"| {name} | `{genome}` | {_f(pick['top1'])} | {pick['rank']}/{pick['of']} | "
                      f"{_f(pick['regret'])} | {_f(pick['vs_KD'], sign=True)} | {_f(pick['vs_DKD'], sign=True)} | "
-                     f"{_f(pick['vs_CE-only'], sign=True)} |")
-    (RESULTS / f"fidelity_{tag}.md").write_text("\n".join(lines) + "\n")
+                     f"{_f(pick['vs_CE-only'], sign=True)} | {_f(pick['noise'])} |")
+    (RESULTS / f"fidelity_{report_name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+REFERENCES = ("CE-only", "KD", "KD+LS", "DKD", "DKD+LS")
+
+
+def _confirmed_rows(table) -> list[dict]:
+    """Every confirmed distiller, best first: mean and std of the seeds' top-1, its gains over KD and CE-only,
+    each with its noise bound and verdict (kdzero.confirm's)."""
+    keep = {"distiller": "distiller", "kind": "kind", "seeds": "seeds", "last_mean": "mean", "last_std": "std",
+            "gain_kd": "gain_kd", "noise_kd": "noise_kd", "vs_kd": "vs_kd", "gain_ce": "gain_ce",
+            "noise_ce": "noise_ce", "vs_ce": "vs_ce"}
+    return [{new: _plain(row[old]) for old, new in keep.items()} for _, row in table.iterrows()]
+
+
+def _plain(value):
+    """A JSON-friendly scalar (NaN -> None, numpy -> Python)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _noise(table, genome: str) -> float:
+    """The noise bound of ``genome``'s gain over KD (2 pooled standard errors), NaN when it was not confirmed."""
+    rows = table[table.distiller == genome]
+    return float(rows.noise_kd.iloc[0]) if len(rows) else math.nan
+
+
+def _gain(row: dict, against: str) -> str:
+    gain, noise, verdict = row[f"gain_{against}"], row[f"noise_{against}"], row[f"vs_{against}"]
+    if gain is None or row["distiller"] == {"kd": "KD", "ce": "CE-only"}[against]:
+        return ""
+    return f"{gain:+.2f} ± {_f(noise)}" + (" noise" if verdict == "within noise" else "")
 
 
 def _rung_attr(study, rung: int, candidate: rungs.Candidate, name: str) -> float:

@@ -165,8 +165,10 @@ def load_pair(config: SearchConfig, settings: ConfirmSettings, log: Log = print)
     return Pair(data=data, teacher=teacher, student=config.student, device=config.device)
 
 
-def _train(pair: Pair, entrant: Entrant, seed: int, settings: ConfirmSettings, out: Path) -> dict:
-    """One training of the confirmation; returns its stored result (test top-1 in %)."""
+def _train(pair: Pair, entrant: Entrant, seed: int, settings: ConfirmSettings, out: Path,
+           heartbeat: Callable[[], None] | None = None) -> dict:
+    """One training of the confirmation; returns its stored result (test top-1 in %). ``heartbeat`` keeps the
+    training's claim alive while it runs."""
     torch.manual_seed(seed)
     model = pair.new_student()
     loss = None
@@ -177,7 +179,7 @@ def _train(pair: Pair, entrant: Entrant, seed: int, settings: ConfirmSettings, o
     started = time.process_time()
     try:
         result = train_model(model, pair.data, train_config, teacher=pair.teacher if loss is not None else None,
-                             distill_loss=loss, run_dir=out, resume=True, progress=False)
+                             distill_loss=loss, run_dir=out, resume=True, progress=False, heartbeat=heartbeat)
     except KdzeroError as exc:  # a loss that blows up in full training is a result too: it failed
         return {"error": str(exc).splitlines()[0], "seed": seed}
     return {"seed": seed, "last_acc": result.last_acc, "best_acc": result.best_acc,
@@ -204,18 +206,18 @@ def confirm(study: optuna.Study, config: SearchConfig, settings: ConfirmSettings
         todo = [(e, s) for e, s in units if stored.get(unit_name(settings, e, s), {}).get("state") != claims.DONE]
         if not todo:
             break
+        if pair is None:  # before claiming: loading a large dataset must not age a claim past its grace period
+            pair = load_pair(config, settings, log)
         claimed = next(((e, s) for e, s in todo if claims.claim(study, unit_name(settings, e, s))), None)
         if claimed is None:
             time.sleep(rungs.POLL)
             continue
         entrant, seed = claimed
         name = unit_name(settings, entrant, seed)
-        if pair is None:
-            pair = load_pair(config, settings, log)
         beater.names.add(name)
         try:
             out = config.run_dir / "confirm" / settings.tag / entrant.slug / f"seed{seed}"
-            result = _train(pair, entrant, seed, settings, out)
+            result = _train(pair, entrant, seed, settings, out, heartbeat=beater.tick)
         except BaseException:
             claims.release(study, [name])
             raise

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import optuna
@@ -290,3 +291,46 @@ def test_confirmation_resolves_the_searchs_teacher_on_the_whole_training_split(t
     pair = confirming.load_pair(config, ConfirmSettings(top=1, epochs=1, subset=5, seeds=1), log=lambda _m: None)
     assert seen == [len(load_data("digits").train)]
     assert len(pair.data.train) == 5 * 10
+
+
+def test_a_confirmation_training_longer_than_the_grace_period_keeps_its_claim(tiny_run, tmp_path, monkeypatch):
+    """A real confirmation training lasts minutes; a claim whose beat is older than the grace period is taken
+    over by any idle worker. The training beats while it runs, so nobody else can claim it (before, two workers
+    trained the same (distiller, seed) into the same folder)."""
+    from kdzero import confirm as confirming
+    from kdzero.search import runner
+
+    monkeypatch.setattr(claims, "GRACE_PERIOD", 0.3)
+    monkeypatch.setattr(claims, "HEARTBEAT_INTERVAL", 0.0)
+    config = load_config(tiny_run["config"]).with_overrides({"runs_dir": str(tmp_path), "name": "beats"})
+    run = runner.prepare_run(config, log=lambda _m: None)
+    _trial(run.study, PRESETS["kd"], 0.01)
+    settings = ConfirmSettings(top=1, epochs=1, subset=5, seeds=1)
+    rivals: list[bool] = []
+
+    def long_training(model, data, train_config, *, heartbeat=None, **kwargs):
+        for _ in range(6):  # 0.6 s: twice the grace period
+            time.sleep(0.1)
+            if heartbeat is not None:  # before the fix none was given
+                heartbeat()
+        running = [n for n, e in claims.entries(run.study, "kdzero_confirm:").items() if e["state"] == "running"]
+        rivals.extend(claims.claim(run.study, name) for name in running)  # what an idle worker would try now
+        assert len(running) == 1
+        return types.SimpleNamespace(last_acc=50.0, best_acc=50.0, best_epoch=1, seconds=0.6)
+
+    monkeypatch.setattr(confirming, "train_model", long_training)
+    confirm(run.study, config, settings, log=lambda _m: None)
+    assert rivals and not any(rivals)
+
+
+def test_full_training_beats_after_every_step_and_evaluation():
+    from kdzero.models import create_model
+    from kdzero.train import TrainConfig, load_data, train_model
+
+    data = load_data("digits", train_subset=100)
+    beats: list[float] = []
+    config = TrainConfig(epochs=2, batch_size=32, milestones=(1,), device="cpu", channels_last=False)
+    train_model(create_model("resnet8", num_classes=10, in_chans=1), data, config, progress=False,
+                heartbeat=lambda: beats.append(time.time()))
+    steps = 2 * math.ceil(len(data.train) / 32)
+    assert len(beats) == steps + 2  # every optimiser step, and each epoch's evaluation

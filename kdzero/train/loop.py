@@ -24,7 +24,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Self
@@ -157,6 +157,7 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     log: Log | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` with ``config``; evaluate top-1 on ``data.test``; checkpoint to ``run_dir``.
 
@@ -164,8 +165,10 @@ def train_model(
     (student=, teacher=, target=); ``index=`` (the batch's training-split positions) is passed when its
     ``forward`` accepts one (CRD), ``set_epoch(epoch)`` is called at every epoch start when it exists (DKD's
     warm-up). ``resume`` continues from ``run_dir/last.pt`` when present, exactly as if never interrupted.
-    ``log`` receives one line per epoch. Raises KdzeroError on a class-count mismatch, a non-finite loss (naming
-    epoch and step) or an unreadable ``last.pt``.
+    ``log`` receives one line per epoch. ``heartbeat`` is called after every optimiser step and evaluation: a
+    worker that claimed this training in a shared study keeps its claim alive with it (kdzero.search.claims
+    takes over claims whose beat is older than its grace period). Raises KdzeroError on a class-count mismatch,
+    a non-finite loss (naming epoch and step) or an unreadable ``last.pt``.
     """
     if distill_loss is not None and teacher is None:
         raise ConfigError("a distillation loss needs a teacher")
@@ -264,10 +267,14 @@ def train_model(
                 correct += (out.logit.detach().argmax(1) == y).sum()
                 seen += len(idx)
                 bar.step(f"loss {value:.3f}")
+                if heartbeat is not None:
+                    heartbeat()
             scheduler.step()
             test_acc = None
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 test_acc = evaluate(model, test, amp=config.amp)
+                if heartbeat is not None:
+                    heartbeat()
             record = EpochRecord(epoch, float(loss_sum) / max(seen, 1), 100.0 * float(correct) / max(seen, 1),
                                  test_acc, time.perf_counter() - began)
             history.append(record)

@@ -131,11 +131,6 @@ def spent_steps(run: runner.Run) -> int:
     return total
 
 
-def spearman(pairs: list[tuple[float, float]]) -> float:
-    """Spearman of -score against confirmed top-1 (NaN under 3 points)."""
-    return spearman_test(pairs)[0]
-
-
 def spearman_test(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     """Spearman of -score against confirmed top-1 and its two-sided p-value (an exact permutation test up to 9
     points, where the asymptotic one means little); both NaN under 3 points."""
